@@ -1,0 +1,146 @@
+"""Command line: ``hpsearch run|validate|status|best|export STUDY.yaml``.
+
+User errors become one line on stderr and exit status 2 (``--debug`` shows the traceback); a stage
+stopped by failing trials exits 1; an interrupted run exits 130 and resumes when run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import json
+import logging
+import signal
+import sys
+from typing import Any, TextIO
+
+from hpsearch import __version__
+from hpsearch.errors import HpsearchError, StageFailedError
+
+EXIT_USAGE = 2
+EXIT_STAGE_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("study", metavar="STUDY.yaml", help="the study file")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a study-file value by dotted path, e.g. --set stages.0.trials=5 (value parsed as YAML)")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and Optuna's log")
+    parser = argparse.ArgumentParser(prog="hpsearch", description="Coarse-to-fine hyperparameter search for PyTorch models.")
+    parser.add_argument("--version", action="version", version=f"hpsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="run (or resume) every stage of a study")
+    sub.add_parser("validate", parents=[common], help="check a study file and its data without running anything")
+    sub.add_parser("status", parents=[common], help="per stage: trials by state, best value and parameters")
+    sub.add_parser("best", parents=[common], help="the best trial as JSON")
+    export = sub.add_parser("export", parents=[common], help="write one row per trial to a CSV or Parquet file")
+    export.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.debug)
+    try:
+        return _COMMANDS[args.command](args, stdout, stderr)
+    except StageFailedError as exc:
+        if args.debug:
+            raise
+        stderr.write(f"hpsearch: error: {exc}\n")
+        return EXIT_STAGE_FAILED
+    except HpsearchError as exc:
+        if args.debug:
+            raise
+        stderr.write(f"hpsearch: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        stderr.write("hpsearch: interrupted; finished trials are saved, run the same command again to resume\n")
+        return EXIT_INTERRUPTED
+
+
+def _configure_logging(debug: bool) -> None:
+    import optuna
+
+    # Progress is ours to show; Optuna's per-trial INFO lines would repeat it.
+    optuna.logging.set_verbosity(logging.INFO if debug else logging.WARNING)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from hpsearch.spec import load_spec
+
+    return load_spec(args.study, args.overrides)
+
+
+def _storage(spec: Any) -> Any:
+    from hpsearch.storage import open_storage, resolve_url
+
+    return open_storage(resolve_url(spec.storage))
+
+
+def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from hpsearch import results
+    from hpsearch.progress import ProgressListener
+    from hpsearch.stages import run_study
+    from hpsearch.storage import mask_url, resolve_url
+    from hpsearch.train import check_data
+
+    spec = _load(args)
+    check_data(spec.data)
+    storage = _storage(spec)
+    stderr.write(f"hpsearch: study {spec.name} in {mask_url(resolve_url(spec.storage))}\n")
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a batch scheduler's stop is a Ctrl-C
+    try:
+        run_study(spec, storage, ProgressListener(stderr))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stdout.write(results.format_status(results.status(spec, storage), spec.direction) + "\n")
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _validate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from hpsearch.train import check_data
+
+    spec = _load(args)
+    check_data(spec.data)
+    budget = sum(s.trials for s in spec.stages)
+    stdout.write(f"{args.study}: ok ({spec.name}: {len(spec.stages)} stage(s), {budget} trials, "
+                 f"{len(spec.space)} searched parameter(s), {spec.direction} {spec.metric})\n")
+    return 0
+
+
+def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from hpsearch import results
+    from hpsearch.storage import mask_url, resolve_url
+
+    spec = _load(args)
+    storage = _storage(spec)
+    stdout.write(f"study {spec.name} in {mask_url(resolve_url(spec.storage))}, {spec.direction} {spec.metric}\n")
+    stdout.write(results.format_status(results.status(spec, storage), spec.direction) + "\n")
+    return 0
+
+
+def _best(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from hpsearch import results
+
+    spec = _load(args)
+    stdout.write(json.dumps(results.best_record(spec, _storage(spec)), indent=2) + "\n")
+    return 0
+
+
+def _export(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from hpsearch import results
+
+    spec = _load(args)
+    rows = results.export(spec, _storage(spec), args.out)
+    stderr.write(f"hpsearch: wrote {rows} trial(s) to {args.out}\n")
+    return 0
+
+
+_COMMANDS = {"run": _run, "validate": _validate, "status": _status, "best": _best, "export": _export}

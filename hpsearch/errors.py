@@ -1,0 +1,60 @@
+"""The exceptions hpsearch raises for problems a user can fix.
+
+Everything a user can get wrong derives from :class:`HpsearchError`; the CLI turns it into one line
+and exit status 2. Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+import difflib
+
+
+class HpsearchError(Exception):
+    """Root of every error caused by user input or the user's environment."""
+
+
+class SpecError(HpsearchError):
+    """A study file (or a ``--set`` override) breaks a rule.
+
+    Args:
+        path: Dotted path of the offending field, such as ``space.lr.low``. Empty for the whole file.
+        message: What is wrong and what is allowed.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class ConfigError(HpsearchError):
+    """A training-core setting is invalid; ``key`` names the knob as the user wrote it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class DataError(HpsearchError):
+    """The data a study names cannot be read or does not fit the study."""
+
+
+class StorageError(HpsearchError):
+    """The storage URL is malformed or the database cannot be reached."""
+
+
+class StageFailedError(HpsearchError):
+    """A stage stopped because too many of its trials failed."""
+
+
+def did_you_mean(word: str, allowed: Iterable[str]) -> str:
+    """Return `` (did you mean 'x'?)`` for the closest allowed word, or an empty string."""
+    close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def one_of(allowed: Iterable[object]) -> str:
+    """Format allowed values for an error message: ``one of: a, b, c``."""
+    return "one of: " + ", ".join(str(a) for a in allowed)

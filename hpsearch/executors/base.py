@@ -1,0 +1,69 @@
+"""The executor interface: where trials run, separate from which configuration runs next.
+
+The stage runner submits :class:`TrialJob` objects and calls :meth:`Executor.poll`, which hands what
+the trials report back to a :class:`TrialHandler` in the caller's thread. Only the caller touches
+the storage, so the trials themselves need no database connection.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
+
+from hpsearch.train import DataConfig, TrainConfig, TrainResult
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """One trial to train. ``key`` identifies it in the handler's callbacks (the trial number)."""
+
+    key: int
+    config: TrainConfig
+    data: DataConfig
+
+
+class TrialHandler(Protocol):
+    """Receives what running trials report; called by :meth:`Executor.poll` in the caller's thread."""
+
+    def on_report(self, key: int, epoch: int, metrics: Mapping[str, float]) -> bool:
+        """An epoch finished; return True to stop the trial now (pruned)."""
+
+    def on_result(self, key: int, result: TrainResult) -> None:
+        """The trial finished training."""
+
+    def on_error(self, key: int, message: str, detail: str) -> None:
+        """The trial raised or its worker died; ``detail`` holds a traceback when there is one."""
+
+
+class Executor(ABC):
+    """Runs up to :attr:`capacity` trials at once."""
+
+    capacity: int
+
+    @abstractmethod
+    def running(self) -> int:
+        """Number of submitted trials that have not finished."""
+
+    def free_slots(self) -> int:
+        return self.capacity - self.running()
+
+    @abstractmethod
+    def submit(self, job: TrialJob) -> None:
+        """Start ``job``; requires a free slot."""
+
+    @abstractmethod
+    def poll(self, handler: TrialHandler, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds and dispatch every event that arrived to ``handler``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop all workers; trials still running are abandoned (the caller records them)."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

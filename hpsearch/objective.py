@@ -1,0 +1,94 @@
+"""The only glue between Optuna and the training core.
+
+It turns a trial's sampled parameters into a :class:`~hpsearch.train.TrainConfig`, passes the
+training core's epoch reports to Optuna (intermediate values, pruning), and records how the trial
+ended: its value, its state, and user attributes with every metric of its best epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import math
+import os
+import socket
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.spec import StudySpec
+from hpsearch.train import StopReason, TrainConfig, TrainResult, build_train_config
+
+# User attributes every finished trial carries besides its metrics.
+ATTR_METRICS = "metrics"
+ATTR_REASON = "stop_reason"
+ATTR_MESSAGE = "message"
+ATTR_FAIL = "fail_reason"
+ATTR_HOST = "host"
+ATTR_PID = "pid"
+
+
+def trial_config(spec: StudySpec, params: Mapping[str, Any], number: int) -> TrainConfig:
+    """The training config of trial ``number``: fixed ``train`` knobs, overridden by the sampled ``params``."""
+    return build_train_config(
+        spec.model, {**spec.train, **params}, task=spec.task, monitor=spec.metric,
+        maximize=spec.maximize, seed=spec.seed + number,
+    )
+
+
+class TrialRecorder:
+    """Records one running trial in its study; every method is called by the orchestrating process."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial, metric: str) -> None:
+        self.study = study
+        self.trial = trial
+        self._metric = metric
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    def start(self) -> None:
+        # host and pid let a later run tell a trial whose process is gone from one still running.
+        self.trial.set_user_attr(ATTR_HOST, socket.gethostname())
+        self.trial.set_user_attr(ATTR_PID, os.getpid())
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        storage = self.study._storage  # Optuna's own optimize loop records heartbeats the same way
+        if isinstance(storage, optuna.storages.RDBStorage):
+            storage.record_heartbeat(self.trial._trial_id)
+
+    def report(self, epoch: int, metrics: Mapping[str, float]) -> bool:
+        """Record the monitored metric of an epoch; True when the pruner says stop."""
+        value = metrics.get(self._metric)
+        if value is None or not math.isfinite(value):
+            return False
+        self.trial.report(float(value), epoch)
+        return self.trial.should_prune()
+
+    def finish(self, result: TrainResult) -> TrialState:
+        """Tell Optuna how training ended. A trial with no finite best epoch ends PRUNED, with its reason."""
+        attrs = {
+            **{k: float(v) for k, v in result.best_metrics.items()},
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "duration_s": round(result.duration_s, 3),
+            "device": result.device,
+            "samples_per_s": round(result.samples_per_s, 1),
+            ATTR_METRICS: sorted(result.best_metrics),
+            ATTR_REASON: result.stop_reason.name.lower(),
+            ATTR_MESSAGE: result.message,
+        }
+        for key, value in attrs.items():
+            self.trial.set_user_attr(key, value)
+        value = result.best_metrics.get(self._metric)
+        if result.stop_reason is StopReason.PRUNED or value is None or not math.isfinite(value):
+            self.study.tell(self.trial, state=TrialState.PRUNED)
+            return TrialState.PRUNED
+        self.study.tell(self.trial, float(value))
+        return TrialState.COMPLETE
+
+    def fail(self, reason: str) -> None:
+        self.trial.set_user_attr(ATTR_FAIL, reason)
+        self.study.tell(self.trial, state=TrialState.FAIL)

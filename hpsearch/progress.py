@@ -1,0 +1,59 @@
+"""Progress output of ``hpsearch run``: a live bar on a terminal, one line per trial elsewhere."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from hpsearch.spec import StageSpec, StudySpec
+from hpsearch.stages import RunListener, best_trial
+
+_STATE = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+
+
+class ProgressListener(RunListener):
+    """Writes progress to ``stream``: a tqdm bar (trials done / budget, best so far) when it is a TTY."""
+
+    def __init__(self, stream: TextIO, live: bool | None = None) -> None:
+        self._stream = stream
+        self._live = stream.isatty() if live is None else live
+        self._bar: tqdm | None = None
+        self._budget = 0
+        self._label = ""
+
+    def on_stage_start(self, spec: StudySpec, stage: StageSpec, study: optuna.Study, done: int) -> None:
+        self._budget, self._label = stage.trials, study.study_name
+        best = best_trial(study)
+        if self._live:
+            self._bar = tqdm(total=stage.trials, initial=min(done, stage.trials), desc=study.study_name,
+                             file=self._stream, unit="trial", dynamic_ncols=True)
+            self._bar.set_postfix_str(self._best_text(best))
+        else:
+            self._stream.write(f"{study.study_name}: {done}/{stage.trials} trials done, sampler {stage.sampler}"
+                               f"{', ' + self._best_text(best) if best else ''}\n")
+            self._stream.flush()
+
+    def on_trial_end(self, stage: StageSpec, trial: FrozenTrial, done: int, best: FrozenTrial | None) -> None:
+        if self._bar is not None:
+            self._bar.n = min(done, self._budget)
+            self._bar.set_postfix_str(self._best_text(best), refresh=False)
+            self._bar.refresh()
+            return
+        what = _STATE.get(trial.state, trial.state.name.lower())
+        value = f" value={trial.value:.6g}" if trial.value is not None and trial.state is TrialState.COMPLETE else ""
+        reason = trial.user_attrs.get("fail_reason", "").splitlines()[:1] if trial.state is TrialState.FAIL else []
+        self._stream.write(f"{self._label} trial {trial.number} {what}{value}"
+                           f"{': ' + reason[0] if reason else ''} [{done}/{self._budget}] {self._best_text(best)}\n")
+        self._stream.flush()
+
+    def on_stage_end(self, stage: StageSpec, study: optuna.Study) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    @staticmethod
+    def _best_text(best: FrozenTrial | None) -> str:
+        return "best -" if best is None else f"best {best.value:.6g} (#{best.number})"

@@ -1,0 +1,232 @@
+"""Search-space parameters: parsing, suggestion through an Optuna trial, and grid enumeration.
+
+A space is an ordered tuple of parameters. A parameter may carry ``when`` conditions on categorical
+parameters declared before it; it exists in a trial only when every condition holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+import itertools
+import math
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.errors import SpecError, did_you_mean, one_of
+from hpsearch.values import as_number
+
+if TYPE_CHECKING:
+    import optuna
+
+Choice = None | bool | int | float | str
+PARAM_TYPES = ("float", "int", "categorical")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """The parameter exists only when ``param`` took one of ``values``."""
+
+    param: str
+    values: tuple[Choice, ...]
+
+
+@dataclass(frozen=True)
+class FloatParam:
+    name: str
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+    when: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True)
+class IntParam:
+    name: str
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+    when: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True)
+class CategoricalParam:
+    name: str
+    choices: tuple[Choice, ...]
+    when: tuple[Condition, ...] = ()
+
+
+Param = FloatParam | IntParam | CategoricalParam
+Space = tuple[Param, ...]
+
+_KEYS = {
+    "float": ("type", "low", "high", "log", "step", "when"),
+    "int": ("type", "low", "high", "log", "step", "when"),
+    "categorical": ("type", "choices", "when"),
+}
+
+
+def parse_space(raw: Any, path: str = "space") -> Space:
+    """Parse the ``space:`` mapping of a study file into parameters, parents before children."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise SpecError(path, f"must be a mapping of parameter name to definition, got {type(raw).__name__}")
+    params: list[Param] = []
+    for name, body in raw.items():
+        params.append(_parse_param(str(name), body, f"{path}.{name}", params))
+    return tuple(params)
+
+
+def _parse_param(name: str, body: Any, path: str, earlier: Sequence[Param]) -> Param:
+    if not isinstance(body, Mapping):
+        raise SpecError(path, "must be a mapping such as {type: float, low: 1.0e-5, high: 1.0, log: true}")
+    kind = body.get("type")
+    if kind is None:
+        raise SpecError(f"{path}.type", f"is required; {one_of(PARAM_TYPES)}")
+    if kind not in PARAM_TYPES:
+        raise SpecError(f"{path}.type", f"unknown type {kind!r}{did_you_mean(str(kind), PARAM_TYPES)}; {one_of(PARAM_TYPES)}")
+    for key in body:
+        if key not in _KEYS[kind]:
+            raise SpecError(
+                f"{path}.{key}",
+                f"unknown key for a {kind} parameter{did_you_mean(str(key), _KEYS[kind])}; allowed: {', '.join(_KEYS[kind])}",
+            )
+    when = _parse_when(body.get("when"), f"{path}.when", earlier)
+    if kind == "categorical":
+        return _parse_categorical(name, body, path, when)
+    return _parse_numeric(name, kind, body, path, when)
+
+
+def _parse_categorical(name: str, body: Mapping[str, Any], path: str, when: tuple[Condition, ...]) -> Param:
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise SpecError(f"{path}.choices", "must be a non-empty list, such as [sgd, adam]")
+    for i, choice in enumerate(choices):
+        if choice is not None and not isinstance(choice, (bool, int, float, str)):
+            raise SpecError(f"{path}.choices.{i}", f"must be a string, number, boolean or null, got {choice!r}")
+    if len(set(map(repr, choices))) != len(choices):
+        raise SpecError(f"{path}.choices", f"has duplicates: {choices}")
+    return CategoricalParam(name, tuple(choices), when)
+
+
+def _parse_numeric(name: str, kind: str, body: Mapping[str, Any], path: str, when: tuple[Condition, ...]) -> Param:
+    for key in ("low", "high"):
+        if key not in body:
+            raise SpecError(f"{path}.{key}", f"is required for a {kind} parameter")
+    low = as_number(body["low"], f"{path}.low", integer=kind == "int")
+    high = as_number(body["high"], f"{path}.high", integer=kind == "int")
+    log = body.get("log", False)
+    if not isinstance(log, bool):
+        raise SpecError(f"{path}.log", f"must be true or false, got {log!r}")
+    if low > high:
+        raise SpecError(path, f"low <= high must hold, but got low={low}, high={high}")
+    if log and low <= 0:
+        raise SpecError(f"{path}.low", f"must be > 0 when log is true, got {low}")
+    step = body.get("step")
+    if step is not None:
+        step = as_number(step, f"{path}.step", integer=kind == "int")
+        if step <= 0:
+            raise SpecError(f"{path}.step", f"must be > 0, got {step}")
+        if log:
+            raise SpecError(f"{path}.step", "cannot be combined with log: true (Optuna samples either on a log scale or on a step grid)")
+    if kind == "int":
+        return IntParam(name, int(low), int(high), log, int(step or 1), when)
+    return FloatParam(name, float(low), float(high), log, None if step is None else float(step), when)
+
+
+def _parse_when(raw: Any, path: str, earlier: Sequence[Param]) -> tuple[Condition, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping) or not raw:
+        raise SpecError(path, "must be a mapping such as {optimizer: [momentum]}")
+    parents = {p.name: p for p in earlier if isinstance(p, CategoricalParam)}
+    conditions = []
+    for parent, values in raw.items():
+        if parent not in parents:
+            raise SpecError(
+                f"{path}.{parent}",
+                "must name a categorical parameter declared above it"
+                + did_you_mean(str(parent), parents)
+                + (f"; candidates: {', '.join(parents)}" if parents else "; there is none"),
+            )
+        values = tuple(values) if isinstance(values, list) else (values,)
+        for value in values:
+            if value not in parents[parent].choices:
+                raise SpecError(f"{path}.{parent}", f"{value!r} is not a choice of {parent}; {one_of(parents[parent].choices)}")
+        conditions.append(Condition(str(parent), values))
+    return tuple(conditions)
+
+
+def is_active(param: Param, chosen: Mapping[str, Any]) -> bool:
+    """Whether ``param`` exists given the values chosen so far (its parents come first)."""
+    return all(c.param in chosen and chosen[c.param] in c.values for c in param.when)
+
+
+def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
+    """Ask ``trial`` for a value of every active parameter, in declaration order."""
+    chosen: dict[str, Any] = {}
+    for p in space:
+        if not is_active(p, chosen):
+            continue
+        if isinstance(p, FloatParam):
+            chosen[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
+        elif isinstance(p, IntParam):
+            chosen[p.name] = trial.suggest_int(p.name, p.low, p.high, log=p.log, step=p.step)
+        else:
+            chosen[p.name] = trial.suggest_categorical(p.name, p.choices)
+    return chosen
+
+
+def numeric_params(space: Space) -> tuple[Param, ...]:
+    return tuple(p for p in space if not isinstance(p, CategoricalParam))
+
+
+def grid_values(param: Param, points: int) -> tuple[Choice, ...]:
+    """The values a grid takes for ``param``: its choices, or ``points`` spaced values (log-spaced when ``log``)."""
+    if isinstance(param, CategoricalParam):
+        return param.choices
+    if points == 1:
+        values = [math.sqrt(param.low * param.high) if param.log else (param.low + param.high) / 2]
+    elif param.log:
+        ratio = math.log(param.high / param.low)
+        values = [param.low * math.exp(ratio * i / (points - 1)) for i in range(points)]
+    else:
+        values = [param.low + (param.high - param.low) * i / (points - 1) for i in range(points)]
+    if isinstance(param, IntParam):
+        snapped = [param.low + round((v - param.low) / param.step) * param.step for v in values]
+        return tuple(sorted({min(param.high, max(param.low, int(v))) for v in snapped}))
+    if points > 1:
+        values[-1] = param.high  # exp/log round-off must not push the last point out of range
+    if param.step is not None:
+        values = [param.low + round((v - param.low) / param.step) * param.step for v in values]
+    return tuple(dict.fromkeys(min(param.high, max(param.low, float(v))) for v in values))
+
+
+def grid_configs(space: Space, points: Mapping[str, int]) -> list[dict[str, Any]]:
+    """Every distinct configuration of the grid; a conditional parameter varies only where it exists."""
+    return list(_expand(space, points, 0, {}))
+
+
+def _expand(space: Space, points: Mapping[str, int], i: int, chosen: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    if i == len(space):
+        yield dict(chosen)
+        return
+    param = space[i]
+    if not is_active(param, chosen):
+        yield from _expand(space, points, i + 1, chosen)
+        return
+    for value in grid_values(param, points.get(param.name, 0)):
+        chosen[param.name] = value
+        yield from _expand(space, points, i + 1, chosen)
+    del chosen[param.name]
+
+
+def corner_configs(space: Space, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` configurations covering every categorical combination and both ends of each range.
+
+    Used to validate a space against the training core before any trial runs.
+    """
+    corners = {p.name: 2 for p in numeric_params(space)}
+    return list(itertools.islice(_expand(space, corners, 0, {}), limit))

@@ -1,0 +1,339 @@
+"""Study files: YAML plus ``--set`` overrides in, one frozen :class:`StudySpec` out.
+
+This is the only module that handles the raw dictionaries of a study file. Every rule it enforces names
+the offending field as a dotted path and says what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+import re
+from typing import Any
+
+import yaml
+
+from hpsearch import executors, samplers
+from hpsearch.errors import ConfigError, SpecError, did_you_mean, one_of
+from hpsearch.space import CategoricalParam, Space, corner_configs, grid_configs, numeric_params, parse_space
+from hpsearch.train import DataConfig, build_train_config, knob_names, parse_data_config, reported_metrics
+from hpsearch.values import as_int
+
+TOP_KEYS = (
+    "name", "storage", "metric", "direction", "seed", "data", "model", "train", "space",
+    "stages", "sampler", "trials", "grid", "max_failures", "executor",
+)
+STAGE_KEYS = ("name", "sampler", "trials", "grid", "max_failures")
+SHORTHAND_KEYS = ("sampler", "trials", "grid", "max_failures")
+EXECUTOR_KEYS = ("kind", "workers")
+DIRECTIONS = ("minimize", "maximize")
+DEFAULT_MAX_FAILURES = 10
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# How many corner configurations of a space are checked against the training core before a run.
+_VALIDATION_CORNERS = 512
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: an Optuna study run with one sampler up to a budget of finished trials."""
+
+    name: str
+    sampler: str
+    trials: int  # budget of finished (complete or pruned) trials
+    grid: Mapping[str, int] = field(default_factory=dict)  # grid points per numeric parameter
+    max_failures: int = DEFAULT_MAX_FAILURES
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    kind: str = "local"
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study file. ``model`` and ``train`` stay mappings: the training core owns their vocabulary."""
+
+    name: str
+    storage: str | None
+    metric: str
+    direction: str
+    seed: int
+    data: DataConfig
+    model: Mapping[str, Any]
+    train: Mapping[str, Any]
+    space: Space
+    stages: tuple[StageSpec, ...]
+    executor: ExecutorSpec
+
+    def study_name(self, stage: StageSpec) -> str:
+        """The Optuna study name of a stage, e.g. ``car-price/coarse``."""
+        return f"{self.name}/{stage.name}"
+
+    @property
+    def task(self) -> str:
+        return self.data.task
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string; read it as the float the user meant."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError("", f"{source}:{where} is not valid YAML: {problem}") from None
+
+
+def read_study_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError("", f"study file {path} does not exist") from None
+    except OSError as exc:
+        raise SpecError("", f"cannot read study file {path}: {exc.strerror}") from None
+    raw = parse_yaml(text, str(path))
+    if not isinstance(raw, dict):
+        raise SpecError("", f"{path} must hold a mapping of keys (name, data, space, ...), got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``--set a.b.0.c=value`` overrides; values are parsed as YAML. Returns a new dict."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError("--set", f"expects KEY=VALUE with a dotted KEY such as stages.0.trials=5, got {item!r}")
+        value = parse_yaml(text, f"--set {key}")
+        parts = key.strip().split(".")
+        node: Any = raw
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise SpecError(f"--set {key}", f"{where}: list index must be 0..{len(node) - 1}, got {part!r}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise SpecError(f"--set {key}", f"{'.'.join(parts[:depth])} is a value, not a mapping or list")
+    return raw
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
+    """Read, override and validate a study file."""
+    return parse_spec(apply_overrides(read_study_file(path), overrides))
+
+
+def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
+    _check_keys(raw, TOP_KEYS, "")
+    name = _name(raw.get("name"), "name")
+    seed = as_int(raw.get("seed", 0), "seed")
+    storage = raw.get("storage")
+    if storage is not None and (not isinstance(storage, str) or not storage.strip()):
+        raise SpecError("storage", "must be a database URL such as sqlite:///runs/study.db")
+    data = _data(raw.get("data"), seed)
+    metric, direction = _objective(raw, data.task)
+    model = _mapping(raw.get("model", {"kind": "mlp"}), "model")
+    train = _mapping(raw.get("train", {}), "train")
+    space = parse_space(raw.get("space"))
+    _check_space_against_core(space, model, train, data.task, metric, direction, seed)
+    stages = _stages(raw, space)
+    executor = _executor(raw.get("executor", {}))
+    return StudySpec(name, storage, metric, direction, seed, data, model, train, space, stages, executor)
+
+
+def _check_keys(raw: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise SpecError(where, f"unknown key{did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}")
+
+
+def _name(value: Any, path: str) -> str:
+    if value is None:
+        raise SpecError(path, "is required, such as name: car-price")
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise SpecError(path, f"must be letters, digits, '.', '_' or '-' (starting with a letter or digit), got {value!r}")
+    return value
+
+
+def _mapping(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SpecError(path, f"must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _data(raw: Any, seed: int) -> DataConfig:
+    if raw is None:
+        raise SpecError("data", "is required, such as {csv: data.csv, target: price, task: regression}")
+    try:
+        return parse_data_config(_mapping(raw, "data"), seed=seed)
+    except ConfigError as exc:
+        raise SpecError(f"data.{exc.key}" if exc.key else "data", exc.message) from None
+
+
+def _objective(raw: Mapping[str, Any], task: str) -> tuple[str, str]:
+    metrics = reported_metrics(task)
+    metric = raw.get("metric", "val_rmse" if task == "regression" else "val_loss")
+    if metric not in metrics:
+        raise SpecError(
+            "metric",
+            f"{metric!r} is not reported by the training core for task {task}"
+            f"{did_you_mean(str(metric), metrics)}; {one_of(metrics)}",
+        )
+    natural = metrics[metric]
+    direction = raw.get("direction", natural)
+    if direction not in DIRECTIONS:
+        raise SpecError("direction", f"unknown direction {direction!r}; {one_of(DIRECTIONS)}")
+    if direction != natural:
+        raise SpecError("direction", f"{metric} is better when larger or smaller by nature: use {natural} (got {direction})")
+    return str(metric), str(direction)
+
+
+def _check_space_against_core(
+    space: Space, model: Mapping[str, Any], train: Mapping[str, Any], task: str, metric: str, direction: str, seed: int
+) -> None:
+    kind = str(model.get("kind", "mlp"))
+    try:
+        allowed = knob_names(kind)
+    except ConfigError as exc:
+        raise SpecError(f"model.{exc.key}" if exc.key else "model", exc.message) from None
+    for p in space:
+        if p.name not in allowed:
+            raise SpecError(
+                f"space.{p.name}",
+                f"is not a knob of the training core{did_you_mean(p.name, allowed)}; allowed: {', '.join(allowed)}",
+            )
+        if p.name in train:
+            raise SpecError(f"space.{p.name}", f"is also fixed in train.{p.name}; set it in one place")
+    passing, failing = [], []
+    for config in corner_configs(space, _VALIDATION_CORNERS) or [{}]:
+        try:
+            build_train_config(model, {**train, **config}, task=task, monitor=metric,
+                               maximize=direction == "maximize", seed=seed)
+            passing.append(config)
+        except ConfigError as exc:
+            failing.append((config, exc))
+    if failing:
+        config, exc = failing[0]
+        hint = _when_hint(space, exc.key, passing, [c for c, e in failing if e.key == exc.key]) if exc.key in config else ""
+        raise SpecError(_knob_path(exc.key, config), exc.message + hint)
+
+
+def _knob_path(key: str, config: Mapping[str, Any]) -> str:
+    if key in config:
+        return f"space.{key}"
+    return key if key.startswith("model") else f"train.{key}"
+
+
+def _when_hint(space: Space, key: str, passing: Sequence[Mapping[str, Any]], failing: Sequence[Mapping[str, Any]]) -> str:
+    """Suggest the ``when`` that would make ``key`` exist only where the training core accepts it."""
+    passing = [c for c in passing if key in c]
+    for p in space:
+        if not isinstance(p, CategoricalParam) or p.name == key:
+            continue
+        good = [v for v in p.choices if any(c.get(p.name) == v for c in passing)]
+        bad = {c.get(p.name) for c in failing}
+        if good and not bad & set(good):
+            return f"; make it conditional: when: {{{p.name}: [{', '.join(map(str, good))}]}}"
+    return ""
+
+
+def _stages(raw: Mapping[str, Any], space: Space) -> tuple[StageSpec, ...]:
+    if "stages" in raw:
+        extra = [k for k in SHORTHAND_KEYS if k in raw]
+        if extra:
+            raise SpecError(extra[0], "goes inside a stage when stages: is given (top-level sampler/trials is the one-stage shorthand)")
+        items = raw["stages"]
+        if not isinstance(items, list) or not items:
+            raise SpecError("stages", "must be a non-empty list such as [{name: coarse, sampler: random, trials: 30}]")
+        stages = [_stage(item, f"stages.{i}", space, default_name=None) for i, item in enumerate(items)]
+    elif "sampler" in raw:
+        shorthand = {k: raw[k] for k in SHORTHAND_KEYS if k in raw}
+        stages = [_stage(shorthand, "", space, default_name="main")]
+    else:
+        raise SpecError("stages", "is required (or the shorthand sampler: + trials:), such as stages: [{name: coarse, sampler: random, trials: 30}]")
+    names = [s.name for s in stages]
+    for i, n in enumerate(names):
+        if names.index(n) != i:
+            raise SpecError(f"stages.{i}.name", f"{n!r} is used by stage {names.index(n)} too; stage names must be unique")
+    return tuple(stages)
+
+
+def _stage(raw: Any, path: str, space: Space, default_name: str | None) -> StageSpec:
+    def at(key: str) -> str:
+        return f"{path}.{key}" if path else key
+
+    if not isinstance(raw, Mapping):
+        raise SpecError(path, "must be a mapping such as {name: coarse, sampler: random, trials: 30}")
+    _check_keys(raw, STAGE_KEYS, path)
+    name = _name(raw.get("name", default_name), at("name"))
+    sampler = raw.get("sampler")
+    if sampler is None:
+        raise SpecError(at("sampler"), f"is required; {one_of(samplers.names())}")
+    if sampler not in samplers.names():
+        raise SpecError(at("sampler"), f"unknown sampler {sampler!r}{did_you_mean(str(sampler), samplers.names())}; {one_of(samplers.names())}")
+    grid = _grid(raw.get("grid"), at("grid"), space, sampler)
+    if "trials" in raw:
+        trials = as_int(raw["trials"], at("trials"), minimum=1)
+    elif sampler == "grid":
+        trials = len(grid_configs(space, grid))
+    else:
+        raise SpecError(at("trials"), "is required: the number of finished trials this stage runs")
+    max_failures = as_int(raw.get("max_failures", DEFAULT_MAX_FAILURES), at("max_failures"), minimum=1)
+    return StageSpec(name, sampler, trials, grid, max_failures)
+
+
+def _grid(raw: Any, path: str, space: Space, sampler: str) -> dict[str, int]:
+    if sampler != "grid":
+        if raw is not None:
+            raise SpecError(path, "is only for sampler: grid")
+        return {}
+    raw = {} if raw is None else _mapping(raw, path)
+    numeric = {p.name for p in numeric_params(space)}
+    for key in raw:
+        if key not in numeric:
+            raise SpecError(f"{path}.{key}", f"names no numeric parameter of space{did_you_mean(str(key), numeric)}; numeric parameters: {', '.join(sorted(numeric)) or 'none'}")
+    points = {str(k): as_int(v, f"{path}.{k}", minimum=1) for k, v in raw.items()}
+    missing = sorted(numeric - set(points))
+    if missing:
+        raise SpecError(f"{path}.{missing[0]}", f"sampler grid needs a number of points for each numeric parameter, such as grid: {{{missing[0]}: 5}}")
+    return points
+
+
+def _executor(raw: Any) -> ExecutorSpec:
+    raw = _mapping(raw, "executor")
+    _check_keys(raw, EXECUTOR_KEYS, "executor")
+    kind = raw.get("kind", "local")
+    if kind not in executors.names():
+        raise SpecError("executor.kind", f"unknown executor {kind!r}{did_you_mean(str(kind), executors.names())}; {one_of(executors.names())}")
+    workers = as_int(raw.get("workers", 1), "executor.workers", minimum=1)
+    return ExecutorSpec(str(kind), workers)
+

@@ -1,0 +1,69 @@
+"""The PyTorch training core: data loading, model and optimizer registries, the epoch loop.
+
+Imports neither optuna nor ray, and importing this package (or ``config``/``data``) does not import
+torch: only ``train``/``fit`` and ``load_dataset`` do, when called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hpsearch.train.config import (
+    OPTIMIZER_KNOBS,
+    TRAIN_KNOBS,
+    Knob,
+    TrainConfig,
+    build_train_config,
+    knob_names,
+)
+from hpsearch.train.data import DataConfig, Dataset, check_data, load_dataset, parse_data_config
+from hpsearch.train.metrics import reported_metrics
+from hpsearch.train.models import MlpConfig, ModelSpec, models
+from hpsearch.train.optim import OptimizerConfig, OptimizerSpec, optimizers
+from hpsearch.train.result import Reporter, StopReason, TrainResult
+
+if TYPE_CHECKING:
+    import torch
+
+
+def train(config: TrainConfig, data: Dataset, reporter: Reporter | None = None) -> TrainResult:
+    """Train the model ``config`` describes on ``data``, calling ``reporter`` after every epoch."""
+    from hpsearch.train.loop import train as _train
+
+    return _train(config, data, reporter)
+
+
+def fit(
+    config: TrainConfig, data: Dataset, model: torch.nn.Module, reporter: Reporter | None = None
+) -> TrainResult:
+    """Train a given ``model`` in place; it ends holding the weights of the best epoch."""
+    from hpsearch.train.loop import fit as _fit
+
+    return _fit(config, data, model, reporter)
+
+
+__all__ = [
+    "OPTIMIZER_KNOBS",
+    "TRAIN_KNOBS",
+    "DataConfig",
+    "Dataset",
+    "Knob",
+    "MlpConfig",
+    "ModelSpec",
+    "OptimizerConfig",
+    "OptimizerSpec",
+    "Reporter",
+    "StopReason",
+    "TrainConfig",
+    "TrainResult",
+    "build_train_config",
+    "check_data",
+    "fit",
+    "knob_names",
+    "load_dataset",
+    "models",
+    "optimizers",
+    "parse_data_config",
+    "reported_metrics",
+    "train",
+]

@@ -1,0 +1,57 @@
+"""Small parsers for knob values: each takes the key it reports in errors and the raw value."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+import math
+from typing import Any
+
+from hpsearch.errors import ConfigError, did_you_mean, one_of
+
+
+def as_float(key: str, value: Any) -> float:
+    """A finite float; ints and numeric strings such as ``"1e-5"`` (YAML 1.1 reads those as strings) count."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(key, f"must be a number, got {value!r}") from None
+    if not isinstance(value, (int, float)):
+        raise ConfigError(key, f"must be a number, got {value!r}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ConfigError(key, f"must be finite, got {value!r}")
+    return result
+
+
+def as_int(key: str, value: Any) -> int:
+    """An int; integral floats (``64.0``) and integer strings (``"64"``) count."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    number = as_float(key, value)
+    if not number.is_integer():
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    return int(number)
+
+
+def as_choice(key: str, value: Any, allowed: Iterable[str], *, what: str) -> str:
+    allowed = sorted(allowed)
+    if not isinstance(value, str) or value not in allowed:
+        hint = did_you_mean(value, allowed) if isinstance(value, str) else ""
+        raise ConfigError(key, f"unknown {what} {value!r}{hint}; {one_of(allowed)}")
+    return value
+
+
+def check_keys(
+    raw: Mapping[str, Any], allowed: Iterable[str], *, prefix: str = "", what: str = "key"
+) -> None:
+    """Reject keys outside ``allowed``; the error names the key, prefixed like ``model.``."""
+    allowed = list(allowed)
+    for key in raw:
+        if key not in allowed:
+            hint = did_you_mean(str(key), allowed)
+            raise ConfigError(f"{prefix}{key}", f"unknown {what}{hint}; allowed: {', '.join(allowed)}")
