@@ -19,6 +19,7 @@ from hpsearch import executors, samplers
 from hpsearch.errors import ConfigError, SpecError, did_you_mean, one_of
 from hpsearch.space import CategoricalParam, Space, corner_configs, grid_configs, numeric_params, parse_space
 from hpsearch.train import DataConfig, build_train_config, knob_names, parse_data_config, reported_metrics
+from hpsearch.train.models import model_kind
 from hpsearch.values import as_int
 
 TOP_KEYS = (
@@ -220,11 +221,10 @@ def _objective(raw: Mapping[str, Any], task: str) -> tuple[str, str]:
 def _check_space_against_core(
     space: Space, model: Mapping[str, Any], train: Mapping[str, Any], task: str, metric: str, direction: str, seed: int
 ) -> None:
-    kind = str(model.get("kind", "mlp"))
     try:
-        allowed = knob_names(kind)
-    except ConfigError as exc:
-        raise SpecError(f"model.{exc.key}" if exc.key else "model", exc.message) from None
+        allowed = knob_names(model_kind(model), model)  # a user model's knobs depend on its section
+    except ConfigError as exc:  # its keys already read model.<field>
+        raise SpecError(exc.key or "model", exc.message) from None
     for p in space:
         if p.name not in allowed:
             raise SpecError(

@@ -1,4 +1,4 @@
-"""The PyTorch training core: data loading, model and optimizer registries, the epoch loop.
+"""The PyTorch training core: data loading, model, optimizer and schedule registries, the epoch loop.
 
 Imports neither optuna nor ray, and importing this package (or ``config``/``data``) does not import
 torch: only ``train``/``fit`` and ``load_dataset`` do, when called.
@@ -8,19 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hpsearch.train.config import (
-    OPTIMIZER_KNOBS,
-    TRAIN_KNOBS,
-    Knob,
-    TrainConfig,
-    build_train_config,
-    knob_names,
-)
+from hpsearch.train.config import TrainConfig, build_train_config, knob_names
 from hpsearch.train.data import DataConfig, Dataset, check_data, load_dataset, parse_data_config
+from hpsearch.train.knobs import OPTIMIZER_KNOBS, SCHEDULE_KNOBS, TRAIN_KNOBS, Knob
 from hpsearch.train.metrics import reported_metrics
 from hpsearch.train.models import MlpConfig, ModelSpec, models
 from hpsearch.train.optim import OptimizerConfig, OptimizerSpec, optimizers
 from hpsearch.train.result import Reporter, StopReason, TrainResult
+from hpsearch.train.scaling import LrScaling
+from hpsearch.train.schedules import ScheduleConfig, ScheduleSpec, schedules
 
 if TYPE_CHECKING:
     import torch
@@ -44,15 +40,19 @@ def fit(
 
 __all__ = [
     "OPTIMIZER_KNOBS",
+    "SCHEDULE_KNOBS",
     "TRAIN_KNOBS",
     "DataConfig",
     "Dataset",
     "Knob",
+    "LrScaling",
     "MlpConfig",
     "ModelSpec",
     "OptimizerConfig",
     "OptimizerSpec",
     "Reporter",
+    "ScheduleConfig",
+    "ScheduleSpec",
     "StopReason",
     "TrainConfig",
     "TrainResult",
@@ -65,5 +65,6 @@ __all__ = [
     "optimizers",
     "parse_data_config",
     "reported_metrics",
+    "schedules",
     "train",
 ]

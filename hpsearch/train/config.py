@@ -15,7 +15,7 @@ from hpsearch.errors import ConfigError, did_you_mean, one_of
 from hpsearch.train._validate import as_int, check_keys
 from hpsearch.train.knobs import OPTIMIZER_KNOBS, SCHEDULE_KNOBS, TRAIN_KNOBS, Knob
 from hpsearch.train.metrics import TASKS, reported_metrics
-from hpsearch.train.models import models
+from hpsearch.train.models import model_kind, models
 from hpsearch.train.optim import OptimizerConfig, optimizers
 from hpsearch.train.scaling import LrScaling
 from hpsearch.train.schedules import ScheduleConfig, schedules
@@ -60,12 +60,16 @@ class TrainConfig:
         return self.lr_scaling.scale(self.optimizer.lr, self.batch_size)
 
 
-def knob_names(model_kind: str = "mlp") -> tuple[str, ...]:
-    """Every name the ``train:`` and ``space:`` sections may set for ``model_kind``."""
-    spec = models().get(model_kind)
+def knob_names(kind: str = "mlp", section: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """Every name the ``train:`` and ``space:`` sections may set for a model of ``kind``.
+
+    ``section`` is the ``model:`` section, for kinds whose knobs depend on it (a user model's).
+    """
+    spec = models().get(kind)
     if spec is None:
-        raise ConfigError("model.kind", _unknown_kind(model_kind))
-    return (*TRAIN_KNOBS, *OPTIMIZER_KNOBS, *SCHEDULE_KNOBS, *spec.scalar_knobs)
+        raise ConfigError("model.kind", _unknown_kind(kind))
+    model_knobs = spec.knobs(section) if section is not None else spec.scalar_knobs
+    return (*TRAIN_KNOBS, *OPTIMIZER_KNOBS, *SCHEDULE_KNOBS, *model_knobs)
 
 
 def _unknown_kind(kind: Any) -> str:
@@ -87,11 +91,12 @@ def build_train_config(
     Raises:
         ConfigError: keyed by the knob name, or ``model.<field>`` for the model section.
     """
-    kind = model.get("kind", "mlp")
+    kind = model_kind(model)
     if kind not in models():
         raise ConfigError("model.kind", _unknown_kind(kind))
     model_spec = models()[kind]
-    check_keys(knobs, knob_names(kind), what="knob")
+    model_knobs = model_spec.knobs(model)
+    check_keys(knobs, knob_names(kind, model), what="knob")
     if task not in TASKS:
         raise ConfigError("task", f"unknown task {task!r}; {one_of(TASKS)}")
     metrics = reported_metrics(task)
@@ -101,7 +106,7 @@ def build_train_config(
 
     v = {name: knob.parse(name, knobs.get(name, knob.default)) for name, knob in TRAIN_KNOBS.items()}
     return TrainConfig(
-        model=model_spec.parse(model, {k: knobs[k] for k in model_spec.scalar_knobs if k in knobs}),
+        model=model_spec.parse(model, {k: knobs[k] for k in model_knobs if k in knobs}),
         optimizer=_optimizer_config(v, knobs),
         task=task,
         monitor=monitor,

@@ -1,32 +1,41 @@
-"""Tabular data: the ``data:`` section, a cheap pre-flight check, and the full load.
+"""The ``data:`` section, a cheap pre-flight check, and the full load.
 
-Only ``load_dataset`` imports torch (and pandas is imported when a file is read), so parsing and
-checking a study stays fast. Preprocessing statistics are fitted on the training split only.
+Sources (exactly one): ``csv: PATH`` or ``parquet: PATH`` (tabular, with ``target``), ``builtin:
+NAME`` (see :mod:`hpsearch.train.datasets`) or ``python: "pkg.module:function"`` (see
+:mod:`hpsearch.train.user_data`). Only ``load_dataset`` imports torch (and pandas is imported when
+a file is read), so parsing and checking a study stays fast. Preprocessing statistics are fitted on
+the training split only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 import math
 import os
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import ConfigError, DataError, did_you_mean, one_of
-from hpsearch.train._validate import as_float, as_int, check_keys
+from hpsearch.train._validate import as_choice, as_float, as_int, check_keys
+from hpsearch.train.datasets import CARS93, builtins
+from hpsearch.train.imports import check_import_path, freeze, load_callable
 from hpsearch.train.metrics import TASKS
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-_KEYS = ("csv", "parquet", "target", "task", "drop", "val_fraction")
-MISSING = "<missing>"  # the category imputed for missing categorical values
+SOURCES = ("csv", "parquet", "builtin", "python")
+_FILE_KEYS = ("csv", "parquet", "target", "task", "drop", "val_fraction")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the data is and how to split it. Hashable, so workers can cache loaded datasets by it."""
+    """Where the data is and how to split it. Hashable, so workers can cache loaded datasets by it.
+
+    ``options`` holds a builtin's options (``rows``, ``augment``, ...) or the keyword arguments of a
+    user's ``python`` loader, as sorted ``(name, value)`` pairs.
+    """
 
     csv: str | None
     parquet: str | None
@@ -35,19 +44,34 @@ class DataConfig:
     drop: tuple[str, ...] = ()
     val_fraction: float = 0.2
     seed: int = 0
+    builtin: str | None = None
+    python: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def path(self) -> str:
+        """The file read, or a description of where the data comes from (for messages)."""
+        if self.builtin == "cars93":
+            return str(CARS93)
+        if self.builtin is not None:
+            return f"builtin {self.builtin}"
+        if self.python is not None:
+            return self.python
         return self.csv if self.csv is not None else str(self.parquet)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """A preprocessed, split dataset held as CPU tensors.
 
-    ``x_*`` are float32 ``(n, n_features)``. ``y_*`` are float32 ``(n,)`` standardized targets for
-    regression (``target_mean``/``target_std`` map them back to original units) and int64 class
-    indices into ``classes`` for classification.
+    ``x_*`` are float32 ``(n, n_features)`` for tabular data, float32 ``(n, channels, height, width)``
+    for images and int64 token ids ``(n, length)`` for sequences (then ``vocab_size`` > 0). ``y_*``
+    are float32 ``(n,)`` standardized targets for regression (``target_mean``/``target_std`` map them
+    back to original units) and int64 class indices into ``classes`` for classification.
+    ``augment(batch, generator)``, when set, transforms each training batch (never validation data).
     """
 
     x_train: torch.Tensor
@@ -60,52 +84,124 @@ class Dataset:
     target_mean: float = 0.0
     target_std: float = 1.0
     classes: tuple[str, ...] = ()
+    vocab_size: int = 0
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape: ``(n_features,)``, ``(channels, height, width)`` or ``(length,)``."""
+        return tuple(int(d) for d in self.x_train.shape[1:])
 
     @property
     def n_features(self) -> int:
-        return int(self.x_train.shape[1])
+        return math.prod(self.input_shape)
 
 
 def parse_data_config(raw: Mapping[str, Any], *, seed: int) -> DataConfig:
     """Validate the ``data:`` section. Error keys are relative to the section ("" for the whole of it)."""
     if not isinstance(raw, Mapping):
         raise ConfigError("", f"the data section must be a mapping, got {raw!r}")
-    check_keys(raw, _KEYS)
-    sources = [k for k in ("csv", "parquet") if raw.get(k) is not None]
+    sources = [k for k in SOURCES if raw.get(k) is not None]
     if len(sources) != 1:
-        got = "both" if sources else "neither"
-        raise ConfigError("", f"give exactly one of csv, parquet (got {got})")
-    source = sources[0]
+        if not sources:  # a misspelt source is the likeliest cause
+            check_keys(raw, (*_FILE_KEYS, "builtin", "python"))
+        got = ", ".join(sources) if sources else "none"
+        raise ConfigError("", f"give exactly one of csv, parquet, builtin, python (got {got})")
+    seed = as_int("seed", seed)
+    if sources[0] == "builtin":
+        return _builtin_config(raw, seed)
+    if sources[0] == "python":
+        return _python_config(raw, seed)
+    return _file_config(raw, sources[0], seed)
+
+
+def _file_config(raw: Mapping[str, Any], source: str, seed: int) -> DataConfig:
+    check_keys(raw, _FILE_KEYS)
     if not isinstance(raw[source], str) or not raw[source]:
         raise ConfigError(source, f"must be a file path, got {raw[source]!r}")
     target = raw.get("target")
     if not isinstance(target, str) or not target:
         raise ConfigError("target", f"must name the target column, got {target!r}")
-    task = raw.get("task")
-    if task not in TASKS:
-        hint = did_you_mean(task, TASKS) if isinstance(task, str) else ""
-        raise ConfigError("task", f"unknown task {task!r}{hint}; {one_of(TASKS)}")
-    drop = raw.get("drop", ())
-    if isinstance(drop, str):
-        drop = (drop,)
-    if not isinstance(drop, (list, tuple)) or not all(isinstance(c, str) for c in drop):
-        raise ConfigError("drop", f"must be a list of column names, got {drop!r}")
-    val_fraction = as_float("val_fraction", raw.get("val_fraction", 0.2))
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError("val_fraction", f"must be in (0, 1), got {raw.get('val_fraction')!r}")
     return DataConfig(
         csv=raw[source] if source == "csv" else None,
         parquet=raw[source] if source == "parquet" else None,
         target=target,
-        task=task,
-        drop=tuple(drop),
-        val_fraction=val_fraction,
-        seed=as_int("seed", seed),
+        task=_task(raw.get("task"), TASKS),
+        drop=_drop(raw.get("drop", ())),
+        val_fraction=_val_fraction(raw),
+        seed=seed,
     )
 
 
+def _builtin_config(raw: Mapping[str, Any], seed: int) -> DataConfig:
+    name = as_choice("builtin", raw["builtin"], builtins(), what="builtin data set")
+    spec = builtins()[name]
+    tabular_keys = ("target", "drop") if spec.tabular else ()
+    check_keys(raw, ("builtin", "task", "val_fraction", *tabular_keys, *spec.options))
+    target = raw.get("target", spec.target)
+    if not isinstance(target, str) or not target:
+        raise ConfigError("target", f"must name the target column, got {target!r}")
+    options = {k: opt.parse(k, raw.get(k, opt.default)) for k, opt in spec.options.items()}
+    return DataConfig(
+        csv=None,
+        parquet=None,
+        target=target,
+        task=_task(raw.get("task", spec.tasks[0]), spec.tasks, f" for builtin {name}"),
+        drop=_drop(raw.get("drop", spec.drop)),
+        val_fraction=_val_fraction(raw),
+        seed=seed,
+        builtin=name,
+        options=tuple(sorted(options.items())),
+    )
+
+
+def _python_config(raw: Mapping[str, Any], seed: int) -> DataConfig:
+    path = check_import_path("python", raw["python"])
+    load_callable("python", path)  # a wrong path fails when the study is checked, not in a trial
+    options = {str(k): freeze(v) for k, v in raw.items() if k not in ("python", "task", "val_fraction")}
+    return DataConfig(
+        csv=None,
+        parquet=None,
+        target="label",
+        task=_task(raw.get("task"), TASKS),
+        val_fraction=_val_fraction(raw),
+        seed=seed,
+        python=path,
+        options=tuple(sorted(options.items())),
+    )
+
+
+def _task(task: Any, allowed: tuple[str, ...], where: str = "") -> str:
+    if task not in allowed:
+        hint = did_you_mean(task, allowed) if isinstance(task, str) else ""
+        raise ConfigError("task", f"unknown task {task!r}{where}{hint}; {one_of(allowed)}")
+    return str(task)
+
+
+def _drop(drop: Any) -> tuple[str, ...]:
+    if isinstance(drop, str):
+        drop = (drop,)
+    if not isinstance(drop, (list, tuple)) or not all(isinstance(c, str) for c in drop):
+        raise ConfigError("drop", f"must be a list of column names, got {drop!r}")
+    return tuple(drop)
+
+
+def _val_fraction(raw: Mapping[str, Any]) -> float:
+    val_fraction = as_float("val_fraction", raw.get("val_fraction", 0.2))
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError("val_fraction", f"must be in (0, 1), got {raw.get('val_fraction')!r}")
+    return val_fraction
+
+
 def check_data(cfg: DataConfig) -> None:
-    """Check the file exists and has the named columns, reading only its header or schema."""
+    """Check the data can be found and has the named columns, reading at most a header or schema."""
+    if cfg.builtin is not None:
+        spec = builtins()[cfg.builtin]
+        if spec.columns is not None:
+            _check_columns(cfg, list(spec.columns()))
+        return
+    if cfg.python is not None:
+        return  # its import was checked when the section was parsed
     path = cfg.path
     if not os.path.isfile(path):
         raise DataError(f"data file {path} does not exist")
@@ -147,105 +243,29 @@ def _read(cfg: DataConfig) -> pd.DataFrame:
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
-    """Read, split (by ``cfg.seed``), impute, standardize and one-hot encode. Deterministic for a cfg."""
-    import numpy as np
-    import torch
+    """Load, split (by ``cfg.seed``) and preprocess the data. Deterministic for a cfg."""
+    from hpsearch.train import tabular, tensors
 
-    frame = _read(cfg)
-    frame = frame[frame[cfg.target].notna()].drop(columns=list(cfg.drop)).reset_index(drop=True)
-    n = len(frame)
-    if n < 2:
-        raise DataError(f"{cfg.path} has {n} rows with a target value; at least 2 are needed to split")
-    n_val = min(max(1, round(n * cfg.val_fraction)), n - 1)
-    order = np.random.default_rng(cfg.seed).permutation(n)
-    train_rows, val_rows = np.sort(order[n_val:]), np.sort(order[:n_val])
+    if cfg.python is not None:
+        from hpsearch.train.user_data import load_user_data
 
-    features = frame.drop(columns=[cfg.target])
-    x_train, x_val, names = _encode_features(features.iloc[train_rows], features.iloc[val_rows])
-    target = frame[cfg.target]
-    common: dict[str, Any] = {
-        "x_train": torch.from_numpy(x_train),
-        "x_val": torch.from_numpy(x_val),
-        "task": cfg.task,
-        "feature_names": names,
-    }
-    if cfg.task == "classification":
-        labels = target.astype(str).to_numpy()
-        classes = tuple(sorted(set(labels)))
-        index = {c: i for i, c in enumerate(classes)}
-        y = np.array([index[v] for v in labels], dtype=np.int64)
-        return Dataset(
-            y_train=torch.from_numpy(y[train_rows]),
-            y_val=torch.from_numpy(y[val_rows]),
-            n_outputs=len(classes),
-            classes=classes,
-            **common,
-        )
-    import pandas as pd
-
-    if not pd.api.types.is_numeric_dtype(target) or pd.api.types.is_bool_dtype(target):
-        raise DataError(
-            f"target column {cfg.target!r} must be numeric for regression, got dtype {target.dtype}"
-        )
-    y = target.to_numpy(dtype=np.float64)
-    mean, std = _mean_std(y[train_rows])
-    return Dataset(
-        y_train=torch.from_numpy(((y[train_rows] - mean) / std).astype(np.float32)),
-        y_val=torch.from_numpy(((y[val_rows] - mean) / std).astype(np.float32)),
-        n_outputs=1,
-        target_mean=mean,
-        target_std=std,
-        **common,
-    )
+        return load_user_data(cfg)
+    if cfg.builtin is None:
+        return tabular.from_frame(_read(cfg), cfg)
+    spec, options = builtins()[cfg.builtin], dict(cfg.options)
+    if spec.frame is not None:
+        frame = spec.frame(options, cfg.seed)
+        _check_columns(cfg, [str(c) for c in frame.columns])
+        return tabular.from_frame(frame, cfg)
+    assert spec.arrays is not None  # BuiltinSpec guarantees one of frame, arrays
+    x, y = spec.arrays(options, cfg.seed)
+    return tensors.split_arrays(x, y, cfg.task, cfg.val_fraction, cfg.seed, augment=_augment(options),
+                                where=f"builtin {cfg.builtin}")
 
 
-def _mean_std(values: Any) -> tuple[float, float]:
-    mean, std = float(values.mean()), float(values.std())
-    return mean, (std if std > 0 and math.isfinite(std) else 1.0)
+def _augment(options: Mapping[str, Any]) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
+    if options.get("augment", "none") == "none":
+        return None
+    from hpsearch.train.datasets.digits import random_shift
 
-
-def _encode_features(train: pd.DataFrame, val: pd.DataFrame) -> tuple[Any, Any, tuple[str, ...]]:
-    """Numeric columns: median-imputed then standardized; others: one-hot with a missing category.
-
-    Every statistic comes from ``train``; a validation category never seen in training encodes as zeros.
-    """
-    import numpy as np
-    import pandas as pd
-
-    train_cols: list[Any] = []
-    val_cols: list[Any] = []
-    names: list[str] = []
-    for col in train.columns:
-        if pd.api.types.is_numeric_dtype(train[col]) and not pd.api.types.is_bool_dtype(train[col]):
-            tr = train[col].to_numpy(dtype=np.float64)
-            va = val[col].to_numpy(dtype=np.float64)
-            median = float(np.nanmedian(tr)) if np.isfinite(tr).any() else 0.0
-            tr, va = np.where(np.isnan(tr), median, tr), np.where(np.isnan(va), median, va)
-            mean, std = _mean_std(tr)
-            train_cols.append(((tr - mean) / std)[:, None])
-            val_cols.append(((va - mean) / std)[:, None])
-            names.append(col)
-        else:
-            tr, va = _as_categories(train[col]), _as_categories(val[col])
-            categories = sorted(set(tr))
-            train_cols.append((tr[:, None] == np.array(categories)[None, :]).astype(np.float64))
-            val_cols.append((va[:, None] == np.array(categories)[None, :]).astype(np.float64))
-            names += [f"{col}={c}" for c in categories]
-    if not names:
-        raise DataError("no feature columns are left after removing the target and the drop columns")
-    x_train = np.concatenate(train_cols, axis=1).astype(np.float32)
-    x_val = np.concatenate(val_cols, axis=1).astype(np.float32)
-    return x_train, x_val, tuple(names)
-
-
-def _as_categories(column: pd.Series) -> Any:
-    import numpy as np
-
-    values = column.astype(object)
-    return np.array([MISSING if _is_missing(v) else str(v) for v in values], dtype=object)
-
-
-def _is_missing(value: Any) -> bool:
-    import pandas as pd
-
-    return value is None or bool(pd.isna(value))
+    return random_shift(options["max_shift"])

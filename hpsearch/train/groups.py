@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.errors import ConfigError, did_you_mean, one_of
+from hpsearch.errors import ConfigError, did_you_mean
 from hpsearch.train.optim import optimizers
 
 if TYPE_CHECKING:
@@ -52,7 +52,9 @@ def _complete(model: torch.nn.Module, groups: dict[str, list[torch.nn.Parameter]
     for name, params in groups.items():
         for p in params:
             if id(p) in seen:
-                raise ValueError(f"{type(model).__name__}.lr_groups() lists a parameter twice (again in {name!r})")
+                raise ValueError(
+                    f"{type(model).__name__}.lr_groups() lists a parameter twice (again in {name!r})"
+                )
             seen.add(id(p))
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
     if rest:
@@ -67,9 +69,10 @@ def param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, 
     for group in multipliers:
         if group not in named:
             hint = did_you_mean(group, named)
+            source = " (head_lr_ratio sets the group head)" if group == "head" else ""
             raise ConfigError(
-                "lr_multipliers" if group != "head" or "head_lr_ratio" not in () else "head_lr_ratio",
-                f"unknown parameter group {group!r}{hint}; this model's groups: {', '.join(sorted(named))}",
+                "lr_multipliers",
+                f"unknown parameter group {group!r}{source}{hint}; this model's groups: {', '.join(sorted(named))}",
             )
     lr = config.base_lr
     if not optimizers()[config.optimizer.name].param_groups:
@@ -85,6 +88,12 @@ def param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, 
         ):
             if members:
                 groups.append(
-                    {"params": members, "lr": lr * scale, "weight_decay": wd, "lr_scale": scale, "name": f"{name}/{suffix}"}
+                    {
+                        "params": members,
+                        "lr": lr * scale,
+                        "weight_decay": wd,
+                        "lr_scale": scale,
+                        "name": f"{name}/{suffix}",
+                    }
                 )
     return groups

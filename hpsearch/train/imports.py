@@ -43,3 +43,29 @@ def load_callable(key: str, path: str) -> Callable[..., Any]:
     if not callable(function):
         raise ConfigError(key, f"{path} is not callable (got {type(function).__name__})")
     return function
+
+
+class _FrozenDict(tuple):  # type: ignore[type-arg]
+    """A mapping option frozen as sorted ``(key, value)`` pairs, told apart from a list of pairs."""
+
+
+def freeze(value: Any) -> Any:
+    """A hashable copy of a YAML value (lists become tuples), so configs stay hashable and picklable."""
+    if isinstance(value, dict):
+        return _FrozenDict(sorted((str(k), freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """The plain Python value a user function receives: dicts and lists again."""
+    if isinstance(value, _FrozenDict):
+        return {k: thaw(v) for k, v in value}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+def is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))

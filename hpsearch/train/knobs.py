@@ -2,8 +2,22 @@
 
 Three tables: knobs every trial has (``TRAIN_KNOBS``), knobs only some optimizers take
 (``OPTIMIZER_KNOBS``, owners declared by ``OptimizerSpec.knobs``) and knobs only some schedules
-take (``SCHEDULE_KNOBS``, owners declared by ``ScheduleSpec.knobs``). Parsers raise ConfigError keyed
-by the knob. Importing this module does not import torch.
+take (``SCHEDULE_KNOBS``, owners declared by ``ScheduleSpec.knobs``). Setting a scoped knob the
+chosen optimizer or schedule does not take is a ConfigError that names the ones it applies to.
+
+Optimizer knobs: ``momentum`` (momentum, nesterov, rmsprop), ``beta1``/``beta2`` (adam, adamw),
+``eps`` (adam, adamw, rmsprop, adagrad, adadelta), ``rho`` (adadelta), ``alpha`` (rmsprop's
+squared-gradient average). Defaults are torch's for each optimizer.
+
+Schedule knobs (formulas in :mod:`hpsearch.train.schedules`): ``step_size`` and ``gamma`` (step:
+multiply by gamma every step_size epochs), ``decay`` (the rate k of exponential and inverse_time),
+``warmup_epochs`` and ``min_lr_ratio`` (cosine; ``min_lr_ratio`` also one_cycle), ``cycle_epochs`` and
+``peak_ratio`` (cyclic; ``peak_ratio`` also one_cycle), ``pct_start`` (one_cycle).
+
+Other knobs: ``lr_scaling`` (:mod:`hpsearch.train.scaling`), ``lr_multipliers``/``head_lr_ratio``
+(:mod:`hpsearch.train.groups`), ``weight_decay``/``l1``/``grad_clip``
+(:mod:`hpsearch.train.regularize`), ``precision`` (``bf16`` autocast or ``fp32``).
+Parsers raise ConfigError keyed by the knob. Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -98,7 +112,9 @@ def _lr_scaling(key: str, value: Any) -> LrScaling:
     if isinstance(value, str):
         return LrScaling(rule=as_choice(key, value, RULES, what="rule"))
     if not isinstance(value, Mapping):
-        raise ConfigError(key, f"must be a mapping such as {{rule: sqrt, reference_batch: 32}}, got {value!r}")
+        raise ConfigError(
+            key, f"must be a mapping such as {{rule: sqrt, reference_batch: 32}}, got {value!r}"
+        )
     check_keys(value, ("rule", "reference_batch"), prefix=f"{key}.")
     rule = as_choice(f"{key}.rule", value.get("rule", "none"), RULES, what="rule")
     reference = positive_int(f"{key}.reference_batch", value.get("reference_batch", 32))
@@ -108,7 +124,9 @@ def _lr_scaling(key: str, value: Any) -> LrScaling:
 def _lr_multipliers(key: str, value: Any) -> tuple[tuple[str, float], ...]:
     """``{head: 2.0}``: parameter group -> multiple of the base lr. Group names are checked at train time."""
     if not isinstance(value, Mapping):
-        raise ConfigError(key, f"must be a mapping of parameter group to factor such as {{head: 2.0}}, got {value!r}")
+        raise ConfigError(
+            key, f"must be a mapping of parameter group to factor such as {{head: 2.0}}, got {value!r}"
+        )
     for group in value:
         if not isinstance(group, str) or not group:
             raise ConfigError(key, f"group names must be non-empty strings, got {group!r}")
@@ -134,8 +152,8 @@ TRAIN_KNOBS: Mapping[str, Knob] = _table(
     Knob("batch_size", 32, positive_int),
     Knob("optimizer", "adam", _name_in(optimizers, "optimizer")),
     Knob("schedule", "constant", _name_in(schedules, "schedule")),
-    Knob("lr_scaling", LrScaling(), _lr_scaling),
-    Knob("lr_multipliers", (), _lr_multipliers),
+    Knob("lr_scaling", "none", _lr_scaling),
+    Knob("lr_multipliers", {}, _lr_multipliers),
     Knob("head_lr_ratio", None, _optional(positive_float)),
     Knob("weight_decay", 0.0, non_negative_float),
     Knob("l1", 0.0, non_negative_float),

@@ -1,5 +1,6 @@
-"""The epoch loop: minibatch training on device-resident tensors, validation metrics, reporter
-calls, early stopping with restore of the best weights, and divergence detection."""
+"""The epoch loop: minibatch (or full-batch) training on device-resident tensors under an lr
+schedule, validation metrics, reporter calls, early stopping with restore of the best weights, and
+divergence detection."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import torch.nn.functional as F
 from hpsearch.errors import ConfigError
 from hpsearch.train.config import TrainConfig
 from hpsearch.train.data import Dataset
+from hpsearch.train.groups import param_groups
 from hpsearch.train.metrics import validation_metrics
-from hpsearch.train.models import build_model
+from hpsearch.train.models import build_model_for
 from hpsearch.train.optim import build_optimizer
+from hpsearch.train.regularize import clip_gradients, penalty
 from hpsearch.train.result import Reporter, StopReason, TrainResult
 
 
@@ -40,7 +43,7 @@ def train(config: TrainConfig, data: Dataset, reporter: Reporter | None = None) 
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(config.seed)
-        model = build_model(config.model, data.n_features, data.n_outputs)
+        model = build_model_for(config.model, data)
         return fit(config, data, model, reporter, device=device)
 
 
@@ -55,32 +58,22 @@ def fit(
     """Train ``model`` in place; at the end it holds the weights of the best epoch (if there was one)."""
     start = time.perf_counter()
     device = device or resolve_device(config.device)
+    check_precision(config.precision, device)
     model.to(device)
-    optimizer = build_optimizer(model.parameters(), config.optimizer)
-    x, y = data.x_train.to(device), data.y_train.to(device)
+    optimizer = build_optimizer(param_groups(model, config), config.optimizer)
+    step = _Step(config, data, model, optimizer, device)
     x_val = data.x_val.to(device)
-    loss_fn = _loss_fn(data.task)
     generator = torch.Generator().manual_seed(config.seed)
     tracker = _BestTracker(config)
-    n = x.shape[0]
     epoch, reason, message = 0, StopReason.COMPLETED, f"completed {config.epochs} epochs"
 
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order = torch.randperm(n, generator=generator).to(device)
-        total = torch.zeros((), device=device)
-        for i in range(0, n, config.batch_size):
-            idx = order[i : i + config.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * idx.numel()
-        train_loss = (total / n).item()  # one device sync per epoch
+        train_loss, where = step.epoch(epoch - 1, generator)
         if not math.isfinite(train_loss):
-            reason, message = StopReason.DIVERGED, f"train loss became {train_loss} at epoch {epoch}"
+            reason, message = StopReason.DIVERGED, f"train loss became {train_loss} at epoch {epoch}{where}"
             break
-        metrics = {"train_loss": train_loss, **evaluate(model, x_val, data)}
+        metrics = {"train_loss": train_loss, **evaluate(model, x_val, data, config.precision)}
         value = metrics[config.monitor]
         if not math.isfinite(value):
             reason, message = StopReason.DIVERGED, f"{config.monitor} became {value} at epoch {epoch}"
@@ -108,15 +101,115 @@ def fit(
         message=message,
         duration_s=duration,
         device=str(device) if device.type == "cpu" else f"cuda:{device.index or 0}",
-        samples_per_s=n * epoch / duration if duration > 0 else 0.0,
+        samples_per_s=step.samples / duration if duration > 0 else 0.0,
     )
 
 
-def evaluate(model: torch.nn.Module, x_val: torch.Tensor, data: Dataset) -> dict[str, float]:
+def check_precision(precision: str, device: torch.device) -> None:
+    """bf16 autocast needs bfloat16 support on a CUDA device (every CPU has it)."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("precision", f"bf16 is not supported by {device}; use fp32")
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+class _Step:
+    """One epoch of optimizer steps: lr schedule, forward under autocast, penalty, backward, clipping.
+
+    Minibatch optimizers step once per batch of a fresh permutation; full-batch ones (lbfgs) take a
+    single closure step on the whole training set. The epoch's loss is the sum of batch losses kept
+    on the device, so a GPU syncs once per epoch; on a CPU a loss that turns nan or inf ends the
+    epoch at once, since checking costs nothing there.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: Dataset,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+    ) -> None:
+        self.config, self.model, self.optimizer, self.device = config, model, optimizer, device
+        self.x, self.y = data.x_train.to(device), data.y_train.to(device)
+        self.augment = data.augment  # applied to training batches only
+        self.loss_fn = _loss_fn(data.task)
+        self.penalty = penalty(model, config)
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.base_lr = config.base_lr
+        self.samples = 0  # samples seen, for samples/second
+
+    def epoch(self, index: int, generator: torch.Generator) -> tuple[float, str]:
+        """Train epoch ``index`` (0-based); returns the mean training loss and where it broke, if it did."""
+        n = self.x.shape[0]
+        if self.config.full_batch:
+            self._set_lr(index + 1.0 if self.config.schedule.per_batch else float(index))
+            self.samples += n
+            return self._full_batch_step().item(), ""
+        schedule, batch = self.config.schedule, self.config.batch_size
+        batches = math.ceil(n / batch)
+        if not schedule.per_batch:
+            self._set_lr(float(index))
+        order = torch.randperm(n, generator=generator).to(self.device)
+        total = torch.zeros((), device=self.device)
+        for b in range(batches):
+            if schedule.per_batch:
+                self._set_lr(index + (b + 1) / batches)
+            idx = order[b * batch : (b + 1) * batch]
+            x = self.x[idx] if self.augment is None else self.augment(self.x[idx], generator)
+            loss = self._minibatch_step(x, self.y[idx])
+            total += loss * idx.numel()
+            self.samples += idx.numel()
+            if self.device.type == "cpu" and not math.isfinite(loss.item()):
+                return loss.item(), f" (batch {b + 1} of {batches})"
+        return (total / n).item(), ""  # one device sync per epoch
+
+    def _set_lr(self, t: float) -> None:
+        factor = self.config.schedule.factor(t, self.config.epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.base_lr * group["lr_scale"] * factor
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(data loss, data loss + penalties); outputs are cast to float32 so bf16 losses stay accurate."""
+        with autocast(self.config.precision, self.device):
+            out = self.model(x)
+        loss = self.loss_fn(out.float(), y)
+        extra = self.penalty()
+        return loss, loss if extra is None else loss + extra
+
+    def _minibatch_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, objective = self._loss(x, y)
+        objective.backward()
+        clip_gradients(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
+
+    def _full_batch_step(self) -> torch.Tensor:
+        first: list[torch.Tensor] = []
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, objective = self._loss(self.x, self.y)
+            objective.backward()
+            clip_gradients(self.params, self.config.grad_clip)
+            first.append(loss.detach())
+            return objective
+
+        self.optimizer.step(closure)  # type: ignore[arg-type]
+        return first[0]  # the loss before this epoch's update, as minibatch epochs report it
+
+
+def evaluate(
+    model: torch.nn.Module, x_val: torch.Tensor, data: Dataset, precision: str = "fp32"
+) -> dict[str, float]:
     """Validation metrics of ``model`` (in eval mode, without gradients)."""
     model.eval()
-    with torch.no_grad():
-        return validation_metrics(model(x_val), data)
+    with torch.no_grad(), autocast(precision, x_val.device):
+        outputs = model(x_val)
+    return validation_metrics(outputs.float(), data)
 
 
 def _loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -29,6 +29,7 @@ _REPORTED: Mapping[str, Mapping[str, str]] = {
         "train_loss": "minimize",
         "val_loss": "minimize",
         "val_accuracy": "maximize",
+        "val_f1": "maximize",  # macro F1: every class counts equally, however rare
     },
 }
 
@@ -48,8 +49,10 @@ def validation_metrics(outputs: torch.Tensor, data: Dataset) -> dict[str, float]
     y = data.y_val.to(outputs.device)
     if data.task == "classification":
         loss = F.cross_entropy(outputs, y)
-        accuracy = (outputs.argmax(dim=1) == y).double().mean()
-        return {"val_loss": loss.item(), "val_accuracy": accuracy.item()}
+        pred = outputs.argmax(dim=1)
+        accuracy = (pred == y).double().mean()
+        f1 = macro_f1(pred, y, outputs.shape[1])
+        return {"val_loss": loss.item(), "val_accuracy": accuracy.item(), "val_f1": f1}
     # float64 so that metrics of similar models are not swamped by rounding of large targets
     pred = outputs.squeeze(-1).double() * data.target_std + data.target_mean
     true = y.double() * data.target_std + data.target_mean
@@ -63,3 +66,14 @@ def validation_metrics(outputs: torch.Tensor, data: Dataset) -> dict[str, float]
         "val_mae": err.abs().mean().item(),
         "val_r2": float(r2),
     }
+
+
+def macro_f1(pred: torch.Tensor, true: torch.Tensor, n_classes: int) -> float:
+    """The mean F1 over the classes that occur in ``true`` or ``pred`` (as scikit-learn's ``average="macro"``)."""
+    import torch
+
+    hits = torch.bincount(true[pred == true], minlength=n_classes).double()
+    predicted = torch.bincount(pred, minlength=n_classes).double()
+    actual = torch.bincount(true, minlength=n_classes).double()
+    present = (predicted + actual) > 0
+    return (2 * hits[present] / (predicted + actual)[present]).mean().item()

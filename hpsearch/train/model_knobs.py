@@ -109,7 +109,7 @@ class KnobReader:
             return name, self._knobs[name]
         return f"model.{name}", self._section.get(name, default)
 
-    def int(self, name: str, default: int, low: int = 1, high: int | None = None) -> int:
+    def integer(self, name: str, default: int, low: int = 1, high: int | None = None) -> int:
         key, value = self.raw(name, default)
         number = as_int(key, value)
         if number < low or (high is not None and number > high):
@@ -124,7 +124,7 @@ class KnobReader:
             raise ConfigError(key, f"must be in [0, 1), got {value!r}")
         return rate
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         key, value = self.raw(name, default)
         if not isinstance(value, bool):
             raise ConfigError(key, f"must be true or false, got {value!r}")
@@ -137,7 +137,3 @@ class KnobReader:
     def init(self, default: str = "default") -> str:
         key, value = self.raw("init", default)
         return as_choice(key, value, _INITS, what="init")
-
-
-# Knobs of every built-in kind's shape that the space may search, besides the kind's own.
-SHARED_KNOBS = ("dropout", "activation", "init", "batch_norm")

@@ -1,6 +1,8 @@
 """Model registry: kind -> how its ``model:`` section is parsed and how the network is built.
 
-Importing this module does not import torch; builders import it when called.
+Built-in kinds: ``mlp`` (tabular features, or flattened images), ``cnn`` (images), ``transformer``
+(token sequences) and ``python`` (a user's builder, see :mod:`hpsearch.train.user_model`). Importing
+this module does not import torch; builders import it when called.
 """
 
 from __future__ import annotations
@@ -9,34 +11,50 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.errors import ConfigError
-from hpsearch.train._validate import as_float, as_int, check_keys
+from hpsearch.errors import ConfigError, one_of
+from hpsearch.train.model_inputs import FEATURES, IMAGES, TOKENS, ModelInputs
+from hpsearch.train.model_kinds import (
+    CNN_KNOBS,
+    MLP_KNOBS,
+    TRANSFORMER_KNOBS,
+    CnnConfig,
+    MlpConfig,
+    TransformerConfig,
+    build_cnn,
+    build_mlp,
+    build_transformer,
+    parse_cnn,
+    parse_mlp,
+    parse_transformer,
+)
+from hpsearch.train.user_model import PythonModelConfig, build_user_model, parse_user_model, user_knobs
 
 if TYPE_CHECKING:
     import torch
 
-
-@dataclass(frozen=True)
-class MlpConfig:
-    hidden: tuple[int, ...] = (64, 32)
-    dropout: float = 0.0
-    kind: str = "mlp"
+    from hpsearch.train.data import Dataset
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """A model kind.
 
-    ``parse(section, knobs)`` reads the ``model:`` section (without ``kind``) and the knobs named in
-    ``scalar_knobs`` (a knob overrides the section) and returns a frozen config; ``build(config,
-    n_features, n_outputs)`` returns the network.
+    ``parse(section, knobs)`` reads the ``model:`` section and the knobs that ``knobs(section)``
+    names (a knob overrides the section) and returns a frozen config; ``build(config, inputs)``
+    returns the network for :class:`ModelInputs`. ``accepts`` lists the input kinds it can read.
     """
 
     kind: str
     fields: tuple[str, ...]
     scalar_knobs: tuple[str, ...]
     parse: Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
-    build: Callable[[Any, int, int], torch.nn.Module]
+    build: Callable[[Any, ModelInputs], torch.nn.Module]
+    accepts: tuple[str, ...] = (FEATURES,)
+    knobs_of: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None  # knobs that depend on the section
+
+    def knobs(self, section: Mapping[str, Any]) -> tuple[str, ...]:
+        """The knob names ``train:`` and ``space:`` may set for this ``model:`` section."""
+        return self.knobs_of(section) if self.knobs_of is not None else self.scalar_knobs
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -53,54 +71,50 @@ def models() -> Mapping[str, ModelSpec]:
     return dict(_REGISTRY)
 
 
+def model_kind(section: Mapping[str, Any]) -> Any:
+    """The kind a ``model:`` section names: ``kind``, else ``python`` when it names a builder, else ``mlp``."""
+    if "python" in section:
+        if section.get("kind", "python") != "python":
+            raise ConfigError("model.python", f"names a user model, so kind must be python or left out, got {section['kind']!r}")
+        return "python"
+    return section.get("kind", "mlp")
+
+
 def build_model(config: Any, n_features: int, n_outputs: int) -> torch.nn.Module:
-    return _REGISTRY[config.kind].build(config, n_features, n_outputs)
+    """The network for tabular inputs of ``n_features`` columns (see :func:`build_model_for`)."""
+    return _REGISTRY[config.kind].build(config, ModelInputs((n_features,), n_outputs))
 
 
-def _parse_dropout(key: str, value: Any) -> float:
-    dropout = as_float(key, value)
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(key, f"must be in [0, 1), got {value!r}")
-    return dropout
-
-
-def _parse_mlp(section: Mapping[str, Any], knobs: Mapping[str, Any]) -> MlpConfig:
-    check_keys(section, ("kind", "hidden", "dropout"), prefix="model.")
-    hidden_raw = section.get("hidden", MlpConfig.hidden)
-    if isinstance(hidden_raw, (str, bytes)) or not isinstance(hidden_raw, (list, tuple)):
+def build_model_for(config: Any, data: Dataset) -> torch.nn.Module:
+    """The network for ``data``'s shapes; a kind that cannot read the data's inputs is a ConfigError."""
+    spec, inputs = _REGISTRY[config.kind], ModelInputs.of(data)
+    if inputs.kind not in spec.accepts:
+        readers = sorted(k for k, s in _REGISTRY.items() if inputs.kind in s.accepts)
         raise ConfigError(
-            "model.hidden", f"must be a list of layer widths such as [64, 32], got {hidden_raw!r}"
+            "model.kind", f"{config.kind} cannot read {inputs.kind} {list(inputs.input_shape)}; {one_of(readers)}"
         )
-    hidden = tuple(as_int("model.hidden", h) for h in hidden_raw)
-    if any(h < 1 for h in hidden):
-        raise ConfigError("model.hidden", f"every width must be >= 1, got {list(hidden_raw)!r}")
-    if "dropout" in knobs:
-        dropout = _parse_dropout("dropout", knobs["dropout"])
-    else:
-        dropout = _parse_dropout("model.dropout", section.get("dropout", MlpConfig.dropout))
-    return MlpConfig(hidden=hidden, dropout=dropout)
+    return spec.build(config, inputs)
 
 
-def _build_mlp(config: MlpConfig, n_features: int, n_outputs: int) -> torch.nn.Module:
-    from torch import nn
-
-    layers: list[nn.Module] = []
-    width = n_features
-    for h in config.hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        if config.dropout > 0:
-            layers.append(nn.Dropout(config.dropout))
-        width = h
-    layers.append(nn.Linear(width, n_outputs))
-    return nn.Sequential(*layers)
-
-
+register(ModelSpec("mlp", ("hidden", *MLP_KNOBS), MLP_KNOBS, parse_mlp, build_mlp, (FEATURES, IMAGES)))
+register(ModelSpec("cnn", CNN_KNOBS, CNN_KNOBS, parse_cnn, build_cnn, (IMAGES,)))
+register(ModelSpec("transformer", TRANSFORMER_KNOBS, TRANSFORMER_KNOBS, parse_transformer, build_transformer, (TOKENS,)))
 register(
     ModelSpec(
-        kind="mlp",
-        fields=("hidden", "dropout"),
-        scalar_knobs=("dropout",),
-        parse=_parse_mlp,
-        build=_build_mlp,
+        "python", ("python",), (), parse_user_model, build_user_model, (FEATURES, IMAGES, TOKENS), user_knobs
     )
 )
+
+__all__ = [
+    "CnnConfig",
+    "MlpConfig",
+    "ModelInputs",
+    "ModelSpec",
+    "PythonModelConfig",
+    "TransformerConfig",
+    "build_model",
+    "build_model_for",
+    "model_kind",
+    "models",
+    "register",
+]

@@ -9,11 +9,18 @@ from train_helpers import CARS
 
 from hpsearch.errors import ConfigError
 from hpsearch.train import (
+    OPTIMIZER_KNOBS,
+    SCHEDULE_KNOBS,
+    TRAIN_KNOBS,
+    LrScaling,
     MlpConfig,
+    ScheduleConfig,
     build_train_config,
     knob_names,
+    models,
     optimizers,
     reported_metrics,
+    schedules,
 )
 
 
@@ -32,7 +39,16 @@ def test_defaults() -> None:
         32,
     )
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("adam", 1e-3, 0.0)
-    assert cfg.optimizer.options == ()  # momentum is not an adam knob
+    assert cfg.optimizer.options == (("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8))  # torch's defaults
+    assert cfg.schedule == ScheduleConfig("constant", ())
+    assert (cfg.lr_scaling, cfg.lr_multipliers, cfg.l1, cfg.grad_clip, cfg.precision) == (
+        LrScaling("none", 32),
+        (),
+        0.0,
+        None,
+        "fp32",
+    )
+    assert cfg.base_lr == 1e-3
     assert cfg.model == MlpConfig(hidden=(64, 32), dropout=0.0)
     assert (cfg.task, cfg.monitor, cfg.maximize, cfg.seed) == ("regression", "val_rmse", False, 0)
     hash(cfg)  # frozen all the way down
@@ -64,13 +80,15 @@ def test_dropout_knob_overrides_model_section() -> None:
             {"optimizer": "adamm"},
             None,
             "optimizer",
-            "unknown optimizer 'adamm' (did you mean 'adam'?); one of: adam, momentum, sgd",
+            "unknown optimizer 'adamm' (did you mean 'adam'?); one of: adadelta, adagrad, adam, adamw, lbfgs, "
+            "momentum, nesterov, rmsprop, sgd",
         ),
         (
             {"optimizer": "adam", "momentum": 0.9},
             None,
             "momentum",
-            "applies only to optimizer momentum (optimizer is 'adam')",
+            "applies only to optimizers momentum, nesterov, rmsprop (optimizer is 'adam', which takes beta1, "
+            "beta2, eps)",
         ),
         ({"momentum": 1.5, "optimizer": "momentum"}, None, "momentum", "[0, 1)"),
         ({"lr": 0}, None, "lr", "must be > 0, got 0"),
@@ -109,26 +127,36 @@ def test_rejects_monitor_that_the_task_does_not_report() -> None:
 
 def test_knob_names() -> None:
     names = knob_names()
-    expected = {
-        "epochs",
-        "patience",
-        "min_delta",
-        "device",
-        "lr",
-        "batch_size",
-        "optimizer",
-        "momentum",
-        "weight_decay",
-        "dropout",
-    }
+    expected = {*TRAIN_KNOBS, *OPTIMIZER_KNOBS, *SCHEDULE_KNOBS, *models()["mlp"].scalar_knobs}
     assert set(names) == expected and len(names) == len(expected)
+    core = {"epochs", "patience", "min_delta", "device", "precision", "lr", "batch_size", "optimizer"}
+    core |= {"schedule", "lr_scaling", "lr_multipliers", "head_lr_ratio", "weight_decay", "l1", "grad_clip"}
+    assert core <= set(TRAIN_KNOBS)
+    assert set(OPTIMIZER_KNOBS) == {"momentum", "beta1", "beta2", "eps", "alpha", "rho"}
+    assert set(SCHEDULE_KNOBS) == {
+        "step_size",
+        "gamma",
+        "decay",
+        "warmup_epochs",
+        "min_lr_ratio",
+        "cycle_epochs",
+        "peak_ratio",
+        "pct_start",
+    }
+    assert "dropout" in names
     with pytest.raises(ConfigError):
         knob_names("transformerr")
 
 
-def test_every_optimizer_knob_is_a_knob_name() -> None:
+def test_every_optimizer_and_schedule_knob_is_a_knob_name() -> None:
     for spec in optimizers().values():
-        assert set(spec.knobs) <= set(knob_names())
+        assert set(spec.knobs) <= set(OPTIMIZER_KNOBS)
+        assert {name for name, _ in spec.defaults} <= set(spec.knobs)
+    for schedule in schedules().values():
+        assert set(schedule.knobs) <= set(SCHEDULE_KNOBS)
+    # every scoped knob has at least one owner, or no configuration could ever set it
+    assert set(OPTIMIZER_KNOBS) == {k for spec in optimizers().values() for k in spec.knobs}
+    assert set(SCHEDULE_KNOBS) == {k for spec in schedules().values() for k in spec.knobs}
 
 
 def test_reported_metrics() -> None:
@@ -143,6 +171,7 @@ def test_reported_metrics() -> None:
         "train_loss": "minimize",
         "val_loss": "minimize",
         "val_accuracy": "maximize",
+        "val_f1": "maximize",
     }
     with pytest.raises(ConfigError):
         reported_metrics("ranking")

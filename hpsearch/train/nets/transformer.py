@@ -64,7 +64,6 @@ class TransformerClassifier(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, d_model)
         self.register_buffer("positions", sinusoidal_encoding(length, d_model), persistent=False)
-        self.scale = math.sqrt(d_model)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             EncoderBlock(d_model, heads, ff_mult, dropout, activation) for _ in range(layers)
@@ -74,7 +73,7 @@ class TransformerClassifier(nn.Module):
         initialize(self, init, activation)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(tokens) * self.scale + self.positions[: tokens.shape[1]]
+        x = self.embedding(tokens) + self.positions[: tokens.shape[1]]
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x)

@@ -1,0 +1,97 @@
+"""The local executor: trials in worker processes, reports answered over pipes, dead workers replaced."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import io
+import multiprocessing
+import os
+import signal
+import time
+
+import optuna
+
+from hpsearch.executors import LocalExecutor, TrialJob
+from hpsearch.progress import ProgressListener
+from hpsearch.spec import parse_spec
+from hpsearch.train import TrainResult, build_train_config, parse_data_config
+from tests.helpers import CARS, base_study
+
+
+def _job(key: int, epochs: int) -> TrialJob:
+    config = build_train_config({"kind": "mlp", "hidden": [8]}, {"epochs": epochs, "device": "cpu", "batch_size": 8},
+                                task="regression", monitor="val_rmse", maximize=False, seed=key)
+    data = parse_data_config({"csv": str(CARS), "target": "Price", "task": "regression",
+                              "drop": ["Model", "Make", "Min.Price", "Max.Price"]}, seed=0)
+    return TrialJob(key, config, data)
+
+
+class Recorder:
+    def __init__(self, stop_after: int | None = None, kill_at_report: bool = False) -> None:
+        self.reports: dict[int, list[int]] = {}
+        self.results: dict[int, TrainResult] = {}
+        self.errors: dict[int, str] = {}
+        self._stop_after = stop_after
+        self._kill = kill_at_report
+
+    def on_report(self, key: int, epoch: int, metrics: Mapping[str, float]) -> bool:
+        self.reports.setdefault(key, []).append(epoch)
+        if self._kill:
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)
+            self._kill = False
+        return self._stop_after is not None and epoch >= self._stop_after
+
+    def on_result(self, key: int, result: TrainResult) -> None:
+        self.results[key] = result
+
+    def on_error(self, key: int, message: str, detail: str) -> None:
+        self.errors[key] = message
+
+
+def _drain(executor: LocalExecutor, handler: Recorder, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while executor.running() and time.monotonic() < deadline:
+        executor.poll(handler, timeout=1.0)
+    assert executor.running() == 0
+
+
+def test_two_workers_run_trials_and_answer_every_report() -> None:
+    handler = Recorder(stop_after=2)
+    with LocalExecutor(2) as executor:
+        executor.submit(_job(0, epochs=5))
+        executor.submit(_job(1, epochs=5))
+        assert executor.free_slots() == 0
+        _drain(executor, handler)
+    assert set(handler.results) == {0, 1}
+    for key in (0, 1):
+        assert handler.reports[key] == [1, 2]  # stopped by the handler's answer after epoch 2
+        assert handler.results[key].stop_reason.name == "PRUNED"
+        assert handler.results[key].epochs_run == 2
+
+
+def test_a_dead_worker_fails_its_trial_and_is_replaced() -> None:
+    handler = Recorder(kill_at_report=True)
+    with LocalExecutor(1) as executor:
+        executor.submit(_job(0, epochs=50))
+        _drain(executor, handler)
+        assert "worker process died" in handler.errors[0]
+        executor.submit(_job(1, epochs=2))
+        _drain(executor, handler)
+    assert handler.results[1].epochs_run == 2
+
+
+def test_progress_bar_on_a_terminal_and_lines_elsewhere() -> None:
+    spec = parse_spec(base_study())
+    stage = spec.stages[0]
+    study = optuna.create_study(study_name="cars/coarse", direction="minimize")
+    study.optimize(lambda t: t.suggest_float("lr", 0.1, 1.0), n_trials=2)
+    for live in (True, False):
+        stream = io.StringIO()
+        listener = ProgressListener(stream, live=live)
+        listener.on_stage_start(spec, stage, study, done=2)
+        listener.on_trial_end(stage, study.trials[1], 3, study.best_trial)
+        listener.on_stage_end(stage, study)
+        text = stream.getvalue()
+        assert "cars/coarse" in text and f"best {study.best_value:.6g}" in text
+        assert ("3/4" in text) if live else ("trial 1 complete" in text and "[3/4]" in text)
