@@ -7,11 +7,13 @@ stopped by failing trials exits 1; an interrupted run exits 130 and resumes when
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+import contextlib
 import json
 import logging
 import signal
 import sys
+import threading
 from typing import Any, TextIO
 
 from hpsearch import __version__
@@ -91,17 +93,30 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     check_data(spec.data)
     storage = _storage(spec)
     stderr.write(f"hpsearch: study {spec.name} in {mask_url(resolve_url(spec.storage))}\n")
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a batch scheduler's stop is a Ctrl-C
-    try:
-        run_study(spec, storage, ProgressListener(stderr))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        stdout.write(results.format_status(results.status(spec, storage), spec.direction) + "\n")
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        try:
+            run_study(spec, storage, ProgressListener(stderr), stop)
+        finally:
+            stdout.write(results.format_status(results.status(spec, storage), spec.direction) + "\n")
     return 0
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C and SIGTERM (a batch scheduler's stop) ask the run to stop cleanly; a second Ctrl-C forces it."""
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _validate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 import os
 import socket
+import threading
 import time
 
 import optuna
@@ -26,6 +27,8 @@ from hpsearch.storage import HEARTBEAT_S, quiet_heartbeat_warnings
 from hpsearch.train import TrainResult
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# How long the loop waits for trial events before it looks at the stop flag again.
+_POLL_S = 0.5
 
 
 class RunListener:
@@ -44,12 +47,21 @@ class _Failure:
     last: str = ""
 
 
-def run_study(spec: StudySpec, storage: optuna.storages.BaseStorage, listener: RunListener | None = None) -> None:
-    """Run every stage of ``spec`` in order; raises :class:`StageFailedError` if one fails too often."""
+def run_study(spec: StudySpec, storage: optuna.storages.BaseStorage, listener: RunListener | None = None,
+              stop: threading.Event | None = None) -> None:
+    """Run every stage of ``spec`` in order.
+
+    Setting ``stop`` (a signal handler does) fails the running trials as interrupted and raises
+    KeyboardInterrupt between two storage writes, never in the middle of one.
+
+    Raises:
+        StageFailedError: a stage's trials failed ``max_failures`` times.
+    """
     listener = listener or RunListener()
+    stop = stop or threading.Event()
     with make_executor(spec.executor.kind, spec.executor.workers) as executor:
         for index, stage in enumerate(spec.stages):
-            StageRun(spec, stage, index, storage, executor, listener).run()
+            StageRun(spec, stage, index, storage, executor, listener, stop).run()
 
 
 def open_stage_study(spec: StudySpec, stage: StageSpec, storage: optuna.storages.BaseStorage,
@@ -69,8 +81,8 @@ class StageRun:
     """One stage's run: keeps ``executor`` busy until the budget is met, handling its trials' events."""
 
     def __init__(self, spec: StudySpec, stage: StageSpec, index: int, storage: optuna.storages.BaseStorage,
-                 executor: Executor, listener: RunListener) -> None:
-        self.spec, self.stage, self.executor, self.listener = spec, stage, executor, listener
+                 executor: Executor, listener: RunListener, stop: threading.Event) -> None:
+        self.spec, self.stage, self.executor, self.listener, self.stop = spec, stage, executor, listener, stop
         study = open_stage_study(spec, stage, storage)
         fail_abandoned(study)
         # Seeded by the history too: a resumed run must not replay the draws of the first one.
@@ -82,6 +94,7 @@ class StageRun:
             self.study.set_user_attr(key, value)
         self.running: dict[int, objective.TrialRecorder] = {}
         self.failures = _Failure()
+        self._may_ask = True
 
     def run(self) -> None:
         counts = self._counts()
@@ -89,10 +102,12 @@ class StageRun:
         last_beat = time.monotonic()
         try:
             while True:
+                if self.stop.is_set():
+                    raise KeyboardInterrupt
                 self._fill()
                 if not self.running:
                     break
-                self.executor.poll(self, timeout=HEARTBEAT_S / 2)
+                self.executor.poll(self, timeout=_POLL_S)
                 if time.monotonic() - last_beat > HEARTBEAT_S / 2:
                     for recorder in self.running.values():
                         recorder.heartbeat()
@@ -121,7 +136,11 @@ class StageRun:
         return left if planned is None else min(left, planned)
 
     def _fill(self) -> None:
-        while self.executor.free_slots() > 0 and self.failures.count < self.stage.max_failures and self._left() > 0:
+        # The budget is looked up again only after a trial ended: the loop comes here twice a second.
+        while self._may_ask and self.executor.free_slots() > 0:
+            if self.failures.count >= self.stage.max_failures or self._left() <= 0:
+                self._may_ask = False
+                return
             self.plan.enqueue_next(self.study)
             with quiet_heartbeat_warnings():
                 trial = self.study.ask()
@@ -152,6 +171,7 @@ class StageRun:
         self._trial_ended(key)
 
     def _trial_ended(self, key: int) -> None:
+        self._may_ask = True
         trials = self.study.get_trials(deepcopy=False)
         done = sum(t.state in FINISHED for t in trials)
         best = best_trial(self.study)

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 import re
 import sqlite3
+import time
 import warnings
 
 import optuna
@@ -21,12 +22,19 @@ import sqlalchemy.exc
 
 from hpsearch.errors import StorageError
 
+try:
+    import fcntl
+except ImportError:  # Windows: the retry below still covers the race
+    fcntl = None  # type: ignore[assignment]
+
 DEFAULT_URL = "sqlite:///hpsearch.db"
 ENV_VAR = "HPSEARCH_STORAGE"
 # A running trial's heartbeat is written this often; one silent for GRACE_S is abandoned.
 HEARTBEAT_S = 10
 GRACE_S = 60
 _SQLITE_TIMEOUT_S = 60
+_SCHEMA_ATTEMPTS = 5
+_CREATE_RACE = ("already exists", "UNIQUE constraint failed", "Duplicate entry", "duplicate key")
 _DRIVER_HINTS = {"psycopg2": "pip install 'hpsearch[postgres]'", "pymysql": "pip install 'hpsearch[mysql]'"}
 
 
@@ -67,10 +75,19 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         if path is not None:
             _prepare_sqlite(path)
     try:
-        with quiet_heartbeat_warnings():
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-            )
+        for attempt in range(_SCHEMA_ATTEMPTS):
+            try:
+                with _exclusive(path), quiet_heartbeat_warnings():
+                    return optuna.storages.RDBStorage(
+                        url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+                    )
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                # Processes opening a new database at once all create its tables, and the losers
+                # fail; the tables are there now, so opening again succeeds.
+                if not any(m in str(exc) for m in _CREATE_RACE) or attempt == _SCHEMA_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     except ModuleNotFoundError as exc:
         hint = _DRIVER_HINTS.get(exc.name or "", f"pip install {exc.name}")
         raise StorageError(f"storage {mask_url(url)} needs the database driver {exc.name}: {hint}") from None
@@ -89,6 +106,23 @@ def quiet_heartbeat_warnings() -> Iterator[None]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         yield
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path | None) -> Iterator[None]:
+    """Hold an exclusive flock on a SQLite file while Optuna creates or checks its tables.
+
+    flock is separate from SQLite's own (fcntl) locks, so it only orders hpsearch processes.
+    """
+    if path is None or fcntl is None:
+        yield
+        return
+    with open(path, "rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _prepare_sqlite(path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 import sqlite3
@@ -68,3 +69,21 @@ def test_a_study_runs_on_a_real_database_server(workdir: Path, monkeypatch: pyte
         assert not password or (password not in out + err and "***" in out)
     finally:
         optuna.delete_study(study_name=f"{name}/coarse", storage=url)
+
+
+def _open(url: str) -> None:
+    open_storage(url)
+
+
+def test_processes_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
+    # Without care, all of them create Optuna's tables and the losers fail ("already exists").
+    context = multiprocessing.get_context("spawn")
+    for round_ in range(4):
+        url = f"sqlite:///{tmp_path / f'new{round_}.db'}"
+        processes = [context.Process(target=_open, args=(url,)) for _ in range(4)]
+        for p in processes:
+            p.start()
+        for p in processes:
+            p.join(60)
+        assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+        assert optuna.storages.RDBStorage(url).get_all_studies() == []
