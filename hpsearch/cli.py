@@ -84,13 +84,13 @@ def _storage(spec: Any) -> Any:
 
 def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from hpsearch import results
+    from hpsearch.preflight import preflight
     from hpsearch.progress import ProgressListener
     from hpsearch.stages import run_study
     from hpsearch.storage import mask_url, resolve_url
-    from hpsearch.train import check_data
 
     spec = _load(args)
-    check_data(spec.data)
+    preflight(spec)
     storage = _storage(spec)
     stderr.write(f"hpsearch: study {spec.name} in {mask_url(resolve_url(spec.storage))}\n")
     stop = threading.Event()
@@ -120,10 +120,10 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def _validate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from hpsearch.train import check_data
+    from hpsearch.preflight import preflight
 
     spec = _load(args)
-    check_data(spec.data)
+    preflight(spec)
     budget = sum(s.trials for s in spec.stages)
     stdout.write(f"{args.study}: ok ({spec.name}: {len(spec.stages)} stage(s), {budget} trials, "
                  f"{len(spec.space)} searched parameter(s), {spec.direction} {spec.metric})\n")

@@ -244,10 +244,10 @@ def _check_space_against_core(
     if failing:
         config, exc = failing[0]
         hint = _when_hint(space, exc.key, passing, [c for c, e in failing if e.key == exc.key]) if exc.key in config else ""
-        raise SpecError(_knob_path(exc.key, config), exc.message + hint)
+        raise SpecError(knob_path(exc.key, config), exc.message + hint)
 
 
-def _knob_path(key: str, config: Mapping[str, Any]) -> str:
+def knob_path(key: str, config: Mapping[str, Any]) -> str:
     if key in config:
         return f"space.{key}"
     return key if key.startswith("model") else f"train.{key}"

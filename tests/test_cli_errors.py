@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from tests.helpers import base_study, cli, cli_process, write_study
@@ -46,6 +47,7 @@ CASES = [
     ("metric not reported", _set("metric", "val_accuracy"), "metric: 'val_accuracy' is not reported"),
     ("unknown executor", _set("executor.kind", "slurmm"), "executor.kind: unknown executor 'slurmm'"),
     ("bad storage url", _set("storage", "not a url"), "is not a database URL"),
+    ("model cannot read the data", _set("model", {"kind": "cnn"}), "model.kind: cnn cannot read features"),
 ]
 
 
@@ -86,3 +88,14 @@ def test_as_a_process_no_traceback_unless_debug(workdir: Path) -> None:
     assert plain.stderr.strip() == "hpsearch: error: space.lr: low <= high must hold, but got low=0.0001, high=1e-09"
     debug = cli_process("validate", str(path), "--debug", cwd=workdir)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "SpecError" in debug.stderr
+
+
+def test_data_that_would_fail_every_trial_is_caught_before_any_trial(workdir: Path) -> None:
+    frame = pd.read_csv("data/cars93.csv")
+    frame["Price"] = "about " + frame["Price"].astype(str)
+    frame.to_csv("data/cars93.csv", index=False)
+    path = write_study(workdir, base_study())
+    code, _, err = cli("run", str(path))
+    assert code == 2
+    assert err == "hpsearch: error: target column 'Price' must be numeric for regression, got dtype str\n"
+    assert not Path("runs").exists()

@@ -132,19 +132,38 @@ def test_stages_run_in_order_as_separate_studies(workdir: Path) -> None:
     assert "fine" in out
 
 
+BOOM = """
+import torch
+
+
+class Boom(torch.nn.Module):
+    def __init__(self, n_features):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_features, 1)
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("boom in forward")
+        return self.linear(x)
+
+
+def build(inputs):
+    return Boom(inputs.n_features)
+"""
+
+
 def test_failing_trials_stop_the_stage_with_the_last_reason(workdir: Path) -> None:
-    frame = pd.read_csv("data/cars93.csv")
-    frame["Price"] = "about " + frame["Price"].astype(str)  # a regression target that is not numeric
-    frame.to_csv("data/cars93.csv", index=False)
-    study = base_study(executor={"kind": "local", "workers": 1})
+    (workdir / "boom.py").write_text(BOOM)  # a user model that builds fine and fails in training
+    study = base_study(model={"python": "boom:build"}, executor={"kind": "local", "workers": 1})
     study["stages"][0].update(trials=5, max_failures=3)
     path = write_study(workdir, study)
     code, _, err = cli("run", str(path))
     assert code == 1
-    assert "stopped after 3 failed trials" in err and "must be numeric" in err
+    assert "stopped after 3 failed trials" in err and "RuntimeError: boom in forward" in err
     trials = _trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * 3
-    assert "must be numeric" in trials[0].user_attrs["fail_reason"]
+    reason = trials[0].user_attrs["fail_reason"]
+    assert reason.startswith("RuntimeError: boom in forward") and "Traceback" in reason and "boom.py" in reason
 
 
 def test_storage_from_the_environment_overrides_the_study_file(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
