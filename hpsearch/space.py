@@ -1,12 +1,14 @@
 """Search-space parameters: parsing, suggestion through an Optuna trial, and grid enumeration.
 
-A space is an ordered tuple of parameters. A parameter may carry ``when`` conditions on categorical
-parameters declared before it; it exists in a trial only when every condition holds.
+A space is an ordered tuple of parameters. A parameter may carry ``when`` conditions on other
+categorical parameters; it exists in a trial only when every condition holds, and the space lists
+it after them, whatever order the file used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass
 import itertools
 import math
@@ -68,18 +70,18 @@ _KEYS = {
 
 
 def parse_space(raw: Any, path: str = "space") -> Space:
-    """Parse the ``space:`` mapping of a study file into parameters, parents before children."""
+    """Parse the ``space:`` mapping of a study file into parameters, each after those its ``when`` names."""
     if raw is None:
         return ()
     if not isinstance(raw, Mapping):
         raise SpecError(path, f"must be a mapping of parameter name to definition, got {type(raw).__name__}")
-    params: list[Param] = []
-    for name, body in raw.items():
-        params.append(_parse_param(str(name), body, f"{path}.{name}", params))
-    return tuple(params)
+    params = [_parse_param(str(name), body, f"{path}.{name}") for name, body in raw.items()]
+    categorical = {p.name: p for p in params if isinstance(p, CategoricalParam)}
+    params = [_resolve_when(p, raw[p.name].get("when"), f"{path}.{p.name}.when", categorical) for p in params]
+    return _parents_first(params, path)
 
 
-def _parse_param(name: str, body: Any, path: str, earlier: Sequence[Param]) -> Param:
+def _parse_param(name: str, body: Any, path: str) -> Param:
     if not isinstance(body, Mapping):
         raise SpecError(path, "must be a mapping such as {type: float, low: 1.0e-5, high: 1.0, log: true}")
     kind = body.get("type")
@@ -93,13 +95,12 @@ def _parse_param(name: str, body: Any, path: str, earlier: Sequence[Param]) -> P
                 f"{path}.{key}",
                 f"unknown key for a {kind} parameter{did_you_mean(str(key), _KEYS[kind])}; allowed: {', '.join(_KEYS[kind])}",
             )
-    when = _parse_when(body.get("when"), f"{path}.when", earlier)
     if kind == "categorical":
-        return _parse_categorical(name, body, path, when)
-    return _parse_numeric(name, kind, body, path, when)
+        return _parse_categorical(name, body, path)
+    return _parse_numeric(name, kind, body, path)
 
 
-def _parse_categorical(name: str, body: Mapping[str, Any], path: str, when: tuple[Condition, ...]) -> Param:
+def _parse_categorical(name: str, body: Mapping[str, Any], path: str) -> Param:
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         raise SpecError(f"{path}.choices", "must be a non-empty list, such as [sgd, adam]")
@@ -108,10 +109,10 @@ def _parse_categorical(name: str, body: Mapping[str, Any], path: str, when: tupl
             raise SpecError(f"{path}.choices.{i}", f"must be a string, number, boolean or null, got {choice!r}")
     if len(set(map(repr, choices))) != len(choices):
         raise SpecError(f"{path}.choices", f"has duplicates: {choices}")
-    return CategoricalParam(name, tuple(choices), when)
+    return CategoricalParam(name, tuple(choices))
 
 
-def _parse_numeric(name: str, kind: str, body: Mapping[str, Any], path: str, when: tuple[Condition, ...]) -> Param:
+def _parse_numeric(name: str, kind: str, body: Mapping[str, Any], path: str) -> Param:
     for key in ("low", "high"):
         if key not in body:
             raise SpecError(f"{path}.{key}", f"is required for a {kind} parameter")
@@ -132,22 +133,22 @@ def _parse_numeric(name: str, kind: str, body: Mapping[str, Any], path: str, whe
         if log:
             raise SpecError(f"{path}.step", "cannot be combined with log: true (Optuna samples either on a log scale or on a step grid)")
     if kind == "int":
-        return IntParam(name, int(low), int(high), log, int(step or 1), when)
-    return FloatParam(name, float(low), float(high), log, None if step is None else float(step), when)
+        return IntParam(name, int(low), int(high), log, int(step or 1))
+    return FloatParam(name, float(low), float(high), log, None if step is None else float(step))
 
 
-def _parse_when(raw: Any, path: str, earlier: Sequence[Param]) -> tuple[Condition, ...]:
+def _resolve_when(param: Param, raw: Any, path: str, categorical: Mapping[str, CategoricalParam]) -> Param:
     if raw is None:
-        return ()
+        return param
     if not isinstance(raw, Mapping) or not raw:
         raise SpecError(path, "must be a mapping such as {optimizer: [momentum]}")
-    parents = {p.name: p for p in earlier if isinstance(p, CategoricalParam)}
+    parents = {name: p for name, p in categorical.items() if name != param.name}
     conditions = []
     for parent, values in raw.items():
         if parent not in parents:
             raise SpecError(
                 f"{path}.{parent}",
-                "must name a categorical parameter declared above it"
+                "must name another categorical parameter of space"
                 + did_you_mean(str(parent), parents)
                 + (f"; candidates: {', '.join(parents)}" if parents else "; there is none"),
             )
@@ -156,7 +157,22 @@ def _parse_when(raw: Any, path: str, earlier: Sequence[Param]) -> tuple[Conditio
             if value not in parents[parent].choices:
                 raise SpecError(f"{path}.{parent}", f"{value!r} is not a choice of {parent}; {one_of(parents[parent].choices)}")
         conditions.append(Condition(str(parent), values))
-    return tuple(conditions)
+    return dataclasses.replace(param, when=tuple(conditions))
+
+
+def _parents_first(params: Sequence[Param], path: str) -> Space:
+    """Order ``params`` so that each comes after the parameters its ``when`` names (else as declared)."""
+    ordered: list[Param] = []
+    todo = list(params)
+    while todo:
+        done = {p.name for p in ordered}
+        ready = [p for p in todo if all(c.param in done for c in p.when)]
+        if not ready:
+            names = " -> ".join(p.name for p in todo)
+            raise SpecError(f"{path}.{todo[0].name}.when", f"conditions form a cycle among: {names}")
+        ordered.extend(ready)
+        todo = [p for p in todo if p not in ready]
+    return tuple(ordered)
 
 
 def is_active(param: Param, chosen: Mapping[str, Any]) -> bool:

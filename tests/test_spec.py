@@ -204,3 +204,17 @@ def test_categorical_params_keep_their_choices() -> None:
     spec = parse_spec(base_study())
     batch = next(p for p in spec.space if p.name == "batch_size")
     assert isinstance(batch, CategoricalParam) and batch.choices == (16, 32)
+
+
+def test_when_may_name_a_parameter_declared_later_and_cycles_are_rejected() -> None:
+    raw = base_study()
+    space = raw["space"]
+    raw["space"] = {"momentum": space["momentum"], "lr": space["lr"], "optimizer": space["optimizer"]}
+    order = [p.name for p in parse_spec(raw).space]
+    assert order.index("optimizer") < order.index("momentum")
+    raw["space"] = {
+        "optimizer": {**space["optimizer"], "when": {"schedule": ["step"]}},
+        "schedule": {"type": "categorical", "choices": ["constant", "step"], "when": {"optimizer": ["sgd"]}},
+    }
+    err = _error(raw)
+    assert "cycle" in err.message and err.path.endswith(".when")
