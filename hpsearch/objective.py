@@ -28,6 +28,11 @@ ATTR_HOST = "host"
 ATTR_PID = "pid"
 
 
+def owner_attrs() -> dict[str, Any]:
+    """Host and pid of this process: they let a later run tell a trial whose run is gone from a live one."""
+    return {ATTR_HOST: socket.gethostname(), ATTR_PID: os.getpid()}
+
+
 def trial_config(spec: StudySpec, params: Mapping[str, Any], number: int) -> TrainConfig:
     """The training config of trial ``number``: fixed ``train`` knobs, overridden by the sampled ``params``."""
     return build_train_config(
@@ -49,9 +54,10 @@ class TrialRecorder:
         return self.trial.number
 
     def start(self) -> None:
-        # host and pid let a later run tell a trial whose process is gone from one still running.
-        self.trial.set_user_attr(ATTR_HOST, socket.gethostname())
-        self.trial.set_user_attr(ATTR_PID, os.getpid())
+        # The trial was queued with its owner; another run's ask() may have taken it from the queue.
+        if self.trial.user_attrs.get(ATTR_PID) != os.getpid():
+            for key, value in owner_attrs().items():
+                self.trial.set_user_attr(key, value)
         self.heartbeat()
 
     def heartbeat(self) -> None:

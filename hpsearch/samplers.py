@@ -2,7 +2,8 @@
 
 A plan wraps an Optuna sampler. Random and TPE sample freely; ``grid`` enumerates the distinct
 configurations of the space (conditional parameters included, which Optuna's ``GridSampler`` cannot
-express) and feeds the unvisited ones to Optuna's trial queue one at a time.
+express) and hands out the unvisited ones one at a time, which the stage runner puts in Optuna's
+trial queue.
 """
 
 from __future__ import annotations
@@ -32,13 +33,12 @@ class SamplerPlan:
         """How many planned configurations no trial holds yet; ``None`` when unbounded."""
         return None if self.configs is None else len(self._unvisited(study))
 
-    def enqueue_next(self, study: optuna.Study) -> None:
-        """Queue the next unvisited planned configuration, so that ``study.ask()`` takes it."""
+    def next_params(self, study: optuna.Study) -> dict[str, Any]:
+        """The next unvisited planned configuration, or ``{}`` for the sampler to draw."""
         if self.configs is None:
-            return
+            return {}
         todo = self._unvisited(study)
-        if todo:
-            study.enqueue_trial(todo[0])
+        return dict(todo[0]) if todo else {}
 
     def _unvisited(self, study: optuna.Study) -> list[dict[str, Any]]:
         held = [t.params for t in study.get_trials(deepcopy=False, states=_VISITING)]

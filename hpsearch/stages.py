@@ -141,7 +141,11 @@ class StageRun:
             if self.failures.count >= self.stage.max_failures or self._left() <= 0:
                 self._may_ask = False
                 return
-            self.plan.enqueue_next(self.study)
+            # Queued with its owner, a trial is never RUNNING without one, even if this process
+            # is killed right after ask(): a later run can always tell it was abandoned. A trial
+            # still queued (its run died between the two calls) is taken first.
+            if not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                self.study.enqueue_trial(self.plan.next_params(self.study), user_attrs=objective.owner_attrs())
             with quiet_heartbeat_warnings():
                 trial = self.study.ask()
             recorder = objective.TrialRecorder(self.study, trial, self.spec.metric)

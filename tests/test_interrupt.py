@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch.storage import open_storage, quiet_heartbeat_warnings
 from tests.helpers import ROOT, base_study, cli_process, write_study
 
 STORAGE = "sqlite:///runs/cars.db"
@@ -26,8 +28,10 @@ def _slow_study(workdir: Path) -> Path:
 
 
 def _states() -> list[TrialState]:
+    # open_storage, as `hpsearch status` does: a plain Optuna client racing the run to create the
+    # tables of the new file can lose (Optuna's own race, which open_storage serializes).
     try:
-        return [t.state for t in optuna.load_study(study_name="cars/coarse", storage=STORAGE).get_trials()]
+        return [t.state for t in optuna.load_study(study_name="cars/coarse", storage=open_storage(STORAGE)).get_trials()]
     except KeyError:  # the study does not exist yet
         return []
 
@@ -96,3 +100,28 @@ def test_sigkill_leaves_running_trials_that_the_next_run_fails_then_completes(wo
     trials = _resume_and_check(path, workdir)
     abandoned = [t for t in trials if t.state is TrialState.FAIL]
     assert abandoned and all("abandoned" in t.user_attrs["fail_reason"] for t in abandoned)
+
+
+def test_a_trial_left_queued_or_ownerless_by_a_dead_run_is_not_lost(workdir: Path) -> None:
+    # What a run killed between enqueue_trial() and ask(), or right after ask(), leaves behind.
+    path = write_study(workdir, base_study(stages=[{"name": "coarse", "sampler": "random", "trials": 3}]))
+    assert cli_process("validate", str(path), cwd=workdir).returncode == 0
+    storage = open_storage(STORAGE)
+    study = optuna.create_study(study_name="cars/coarse", storage=storage, direction="minimize")
+    dead = {"host": socket.gethostname(), "pid": _dead_pid()}
+    study.enqueue_trial({}, user_attrs=dead)
+    with quiet_heartbeat_warnings():
+        study.ask()  # RUNNING, owned by a dead process
+    study.enqueue_trial({}, user_attrs=dead)  # still WAITING
+    done = cli_process("run", str(path), cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="cars/coarse", storage=STORAGE).get_trials()
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len(trials) == 4  # the queued trial was run, not left behind a new one
+
+
+def _dead_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
