@@ -15,7 +15,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import SpecError, did_you_mean, one_of
-from hpsearch.values import as_number
+from hpsearch.values import spec_number
 
 if TYPE_CHECKING:
     import optuna
@@ -116,8 +116,8 @@ def _parse_numeric(name: str, kind: str, body: Mapping[str, Any], path: str) -> 
     for key in ("low", "high"):
         if key not in body:
             raise SpecError(f"{path}.{key}", f"is required for a {kind} parameter")
-    low = as_number(body["low"], f"{path}.low", integer=kind == "int")
-    high = as_number(body["high"], f"{path}.high", integer=kind == "int")
+    low = spec_number(body["low"], f"{path}.low", integer=kind == "int")
+    high = spec_number(body["high"], f"{path}.high", integer=kind == "int")
     log = body.get("log", False)
     if not isinstance(log, bool):
         raise SpecError(f"{path}.log", f"must be true or false, got {log!r}")
@@ -127,7 +127,7 @@ def _parse_numeric(name: str, kind: str, body: Mapping[str, Any], path: str) -> 
         raise SpecError(f"{path}.low", f"must be > 0 when log is true, got {low}")
     step = body.get("step")
     if step is not None:
-        step = as_number(step, f"{path}.step", integer=kind == "int")
+        step = spec_number(step, f"{path}.step", integer=kind == "int")
         if step <= 0:
             raise SpecError(f"{path}.step", f"must be > 0, got {step}")
         if log:

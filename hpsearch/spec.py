@@ -20,7 +20,7 @@ from hpsearch.errors import ConfigError, SpecError, did_you_mean, one_of
 from hpsearch.space import CategoricalParam, Space, corner_configs, grid_configs, numeric_params, parse_space
 from hpsearch.train import DataConfig, build_train_config, knob_names, parse_data_config, reported_metrics
 from hpsearch.train.models import model_kind
-from hpsearch.values import as_int
+from hpsearch.values import spec_int
 
 TOP_KEYS = (
     "name", "storage", "metric", "direction", "seed", "data", "model", "train", "space",
@@ -155,7 +155,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
 def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     _check_keys(raw, TOP_KEYS, "")
     name = _name(raw.get("name"), "name")
-    seed = as_int(raw.get("seed", 0), "seed")
+    seed = spec_int(raw.get("seed", 0), "seed")
     storage = raw.get("storage")
     if storage is not None and (not isinstance(storage, str) or not storage.strip()):
         raise SpecError("storage", "must be a database URL such as sqlite:///runs/study.db")
@@ -302,12 +302,12 @@ def _stage(raw: Any, path: str, space: Space, default_name: str | None) -> Stage
         raise SpecError(at("sampler"), f"unknown sampler {sampler!r}{did_you_mean(str(sampler), samplers.names())}; {one_of(samplers.names())}")
     grid = _grid(raw.get("grid"), at("grid"), space, sampler)
     if "trials" in raw:
-        trials = as_int(raw["trials"], at("trials"), minimum=1)
+        trials = spec_int(raw["trials"], at("trials"), minimum=1)
     elif sampler == "grid":
         trials = len(grid_configs(space, grid))
     else:
         raise SpecError(at("trials"), "is required: the number of finished trials this stage runs")
-    max_failures = as_int(raw.get("max_failures", DEFAULT_MAX_FAILURES), at("max_failures"), minimum=1)
+    max_failures = spec_int(raw.get("max_failures", DEFAULT_MAX_FAILURES), at("max_failures"), minimum=1)
     return StageSpec(name, sampler, trials, grid, max_failures)
 
 
@@ -321,7 +321,7 @@ def _grid(raw: Any, path: str, space: Space, sampler: str) -> dict[str, int]:
     for key in raw:
         if key not in numeric:
             raise SpecError(f"{path}.{key}", f"names no numeric parameter of space{did_you_mean(str(key), numeric)}; numeric parameters: {', '.join(sorted(numeric)) or 'none'}")
-    points = {str(k): as_int(v, f"{path}.{k}", minimum=1) for k, v in raw.items()}
+    points = {str(k): spec_int(v, f"{path}.{k}", minimum=1) for k, v in raw.items()}
     missing = sorted(numeric - set(points))
     if missing:
         raise SpecError(f"{path}.{missing[0]}", f"sampler grid needs a number of points for each numeric parameter, such as grid: {{{missing[0]}: 5}}")
@@ -334,6 +334,6 @@ def _executor(raw: Any) -> ExecutorSpec:
     kind = raw.get("kind", "local")
     if kind not in executors.names():
         raise SpecError("executor.kind", f"unknown executor {kind!r}{did_you_mean(str(kind), executors.names())}; {one_of(executors.names())}")
-    workers = as_int(raw.get("workers", 1), "executor.workers", minimum=1)
+    workers = spec_int(raw.get("workers", 1), "executor.workers", minimum=1)
     return ExecutorSpec(str(kind), workers)
 

@@ -1,36 +1,76 @@
-"""Coercion of scalar values written in YAML or on the command line."""
+"""Small parsers for values written in YAML or on the command line.
+
+Each takes the key it reports in errors and the raw value and raises ConfigError; the study-file
+parser turns that into a SpecError at the field's path (:func:`spec_number`, :func:`spec_int`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 import math
 from typing import Any
 
-from hpsearch.errors import SpecError
+from hpsearch.errors import ConfigError, SpecError, did_you_mean, one_of
 
 
-def as_number(value: Any, path: str, *, integer: bool = False) -> float | int:
-    """Return ``value`` as a number, accepting strings such as ``"1e-5"``.
-
-    YAML 1.1 (PyYAML) reads ``1e-5`` without a dot as a string; the user meant the number.
-    """
+def as_float(key: str, value: Any) -> float:
+    """A finite float; ints and numeric strings such as ``"1e-5"`` (YAML 1.1 reads those as strings) count."""
     if isinstance(value, bool):
-        raise SpecError(path, f"must be a number, got {value!r}")
+        raise ConfigError(key, f"must be a number, got {value!r}")
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
-            raise SpecError(path, f"must be a number, got {value!r}") from None
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SpecError(path, f"must be a finite number, got {value!r}")
-    if integer:
-        if float(value) != int(value):
-            raise SpecError(path, f"must be a whole number, got {value!r}")
-        return int(value)
+            raise ConfigError(key, f"must be a number, got {value!r}") from None
+    if not isinstance(value, (int, float)):
+        raise ConfigError(key, f"must be a number, got {value!r}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ConfigError(key, f"must be finite, got {value!r}")
+    return result
+
+
+def as_int(key: str, value: Any) -> int:
+    """An int; integral floats (``64.0``) and integer strings (``"64"``) count."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    number = as_float(key, value)
+    if not number.is_integer():
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    return int(number)
+
+
+def as_choice(key: str, value: Any, allowed: Iterable[str], *, what: str) -> str:
+    allowed = sorted(allowed)
+    if not isinstance(value, str) or value not in allowed:
+        hint = did_you_mean(value, allowed) if isinstance(value, str) else ""
+        raise ConfigError(key, f"unknown {what} {value!r}{hint}; {one_of(allowed)}")
     return value
 
 
-def as_int(value: Any, path: str, *, minimum: int | None = None) -> int:
-    number = as_number(value, path, integer=True)
+def check_keys(
+    raw: Mapping[str, Any], allowed: Iterable[str], *, prefix: str = "", what: str = "key"
+) -> None:
+    """Reject keys outside ``allowed``; the error names the key, prefixed like ``model.``."""
+    allowed = list(allowed)
+    for key in raw:
+        if key not in allowed:
+            hint = did_you_mean(str(key), allowed)
+            raise ConfigError(f"{prefix}{key}", f"unknown {what}{hint}; allowed: {', '.join(allowed)}")
+
+
+def spec_number(value: Any, path: str, *, integer: bool = False) -> float | int:
+    """:func:`as_float` (or :func:`as_int`) for a study-file field at ``path``."""
+    try:
+        return as_int(path, value) if integer else as_float(path, value)
+    except ConfigError as exc:
+        raise SpecError(path, exc.message) from None
+
+
+def spec_int(value: Any, path: str, *, minimum: int | None = None) -> int:
+    number = int(spec_number(value, path, integer=True))
     if minimum is not None and number < minimum:
         raise SpecError(path, f"must be >= {minimum}, got {number}")
-    return int(number)
+    return number

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpsearch.errors import ConfigError, did_you_mean, one_of
-from hpsearch.train._validate import as_int, check_keys
 from hpsearch.train.knobs import OPTIMIZER_KNOBS, SCHEDULE_KNOBS, TRAIN_KNOBS, Knob
 from hpsearch.train.metrics import TASKS, reported_metrics
 from hpsearch.train.models import model_kind, models
 from hpsearch.train.optim import OptimizerConfig, optimizers
 from hpsearch.train.scaling import LrScaling
 from hpsearch.train.schedules import ScheduleConfig, schedules
+from hpsearch.values import as_int, check_keys
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import ConfigError, DataError, did_you_mean, one_of
-from hpsearch.train._validate import as_choice, as_float, as_int, check_keys
 from hpsearch.train.datasets import CARS93, builtins
 from hpsearch.train.imports import check_import_path, freeze, load_callable
 from hpsearch.train.metrics import TASKS
+from hpsearch.values import as_choice, as_float, as_int, check_keys
 
 if TYPE_CHECKING:
     import pandas as pd

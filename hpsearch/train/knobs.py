@@ -28,10 +28,10 @@ import re
 from typing import Any
 
 from hpsearch.errors import ConfigError
-from hpsearch.train._validate import as_choice, as_float, as_int, check_keys
 from hpsearch.train.optim import optimizers
 from hpsearch.train.scaling import RULES, LrScaling
 from hpsearch.train.schedules import schedules
+from hpsearch.values import as_choice, as_float, as_int, check_keys
 
 PRECISIONS = ("bf16", "fp32")
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import ConfigError
-from hpsearch.train._validate import as_int, check_keys
 from hpsearch.train.model_inputs import ModelInputs
 from hpsearch.train.model_knobs import KnobReader
+from hpsearch.values import as_int, check_keys
 
 if TYPE_CHECKING:
     from torch import nn

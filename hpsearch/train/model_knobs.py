@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import ConfigError
-from hpsearch.train._validate import as_choice, as_float, as_int
+from hpsearch.values import as_choice, as_float, as_int
 
 if TYPE_CHECKING:
     import torch

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import ConfigError, one_of
-from hpsearch.train._validate import as_int
+from hpsearch.values import as_int
 
 if TYPE_CHECKING:
     import numpy as np
