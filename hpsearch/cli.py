@@ -76,10 +76,10 @@ def _load(args: argparse.Namespace) -> Any:
     return load_spec(args.study, args.overrides)
 
 
-def _storage(spec: Any) -> Any:
+def _storage(spec: Any, create: bool = False) -> Any:
     from hpsearch.storage import open_storage, resolve_url
 
-    return open_storage(resolve_url(spec.storage))
+    return open_storage(resolve_url(spec.storage), create=create)
 
 
 def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
     spec = _load(args)
     preflight(spec)
-    storage = _storage(spec)
+    storage = _storage(spec, create=True)
     stderr.write(f"hpsearch: study {spec.name} in {mask_url(resolve_url(spec.storage))}\n")
     stop = threading.Event()
     with _stop_on_signals(stop):

@@ -60,8 +60,12 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Open (creating if needed) the Optuna storage at ``url``, with trial heartbeats enabled."""
+def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
+    """Open the Optuna storage at ``url``, with trial heartbeats enabled.
+
+    With ``create=False`` (commands that only read) a SQLite file that does not exist is an error
+    rather than a new, empty database.
+    """
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
@@ -73,6 +77,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs = {"connect_args": {"timeout": _SQLITE_TIMEOUT_S}}
         if path is not None:
+            if not create and not path.exists():
+                raise StorageError(f"storage {mask_url(url)} does not exist yet: nothing has run; run hpsearch run STUDY.yaml")
             _prepare_sqlite(path)
     try:
         for attempt in range(_SCHEMA_ATTEMPTS):

@@ -99,3 +99,11 @@ def test_data_that_would_fail_every_trial_is_caught_before_any_trial(workdir: Pa
     assert code == 2
     assert err == "hpsearch: error: target column 'Price' must be numeric for regression, got dtype str\n"
     assert not Path("runs").exists()
+
+
+def test_reading_commands_do_not_create_a_database(workdir: Path) -> None:
+    path = write_study(workdir, base_study())
+    for command in (["status"], ["best"], ["export", "--out", "t.csv"]):
+        code, _, err = cli(command[0], str(path), *command[1:])
+        assert code == 2 and "does not exist yet" in err, err
+    assert not Path("runs").exists()
