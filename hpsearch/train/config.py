@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+import math
 from typing import Any
 
 from hpsearch.errors import ConfigError, did_you_mean, one_of
@@ -167,10 +168,21 @@ def _schedule_config(v: Mapping[str, Any], knobs: Mapping[str, Any]) -> Schedule
     name = v["schedule"]
     owners = {n: s.knobs for n, s in schedules().items()}
     options = _scoped_options(knobs, SCHEDULE_KNOBS, owners, "schedule", name, {})
+    if name == "exponential":
+        options = _exponential_rate(dict(options), knobs)
     warmup = dict(options).get("warmup_epochs", 0.0)
     if warmup >= v["epochs"]:
         raise ConfigError("warmup_epochs", f"must be < epochs ({v['epochs']}), got {warmup:g}")
     return ScheduleConfig(name=name, options=options)
+
+
+def _exponential_rate(options: Mapping[str, Any], knobs: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Exponential decay is given as the rate k (``decay``: lr0·e^(−k·t)) or, as torch's ExponentialLR
+    does, as the factor per epoch (``gamma`` = e^(−k)); it is kept as the rate."""
+    if "gamma" in knobs and "decay" in knobs:
+        raise ConfigError("gamma", "and decay both set the exponential schedule's rate (gamma = exp(-decay)); set one")
+    rate = -math.log(options["gamma"]) if "gamma" in knobs else options["decay"]
+    return (("decay", rate),)
 
 
 def _lr_multipliers(v: Mapping[str, Any], knobs: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:

@@ -14,7 +14,7 @@ schedule        granularity factor(t)
 ==============  ==========  ==========================================================================
 constant        epoch       1
 step            epoch       gamma ** floor(t / step_size)
-exponential     epoch       exp(-decay * t)
+exponential     epoch       exp(-decay * t), or gamma ** t given gamma = exp(-decay) instead
 inverse_time    epoch       1 / (1 + decay * t)
 cosine          batch       t / warmup_epochs while warming up, then a half cosine from 1 down to
                             min_lr_ratio at t = total
@@ -122,7 +122,7 @@ def _one_cycle(t: float, total: float, o: Mapping[str, float]) -> float:
 
 register(ScheduleSpec("constant", _constant))
 register(ScheduleSpec("step", _step, knobs=("step_size", "gamma")))
-register(ScheduleSpec("exponential", _exponential, knobs=("decay",)))
+register(ScheduleSpec("exponential", _exponential, knobs=("decay", "gamma")))
 register(ScheduleSpec("inverse_time", _inverse_time, knobs=("decay",)))
 register(ScheduleSpec("cosine", _cosine, knobs=("warmup_epochs", "min_lr_ratio"), per_batch=True))
 register(ScheduleSpec("cyclic", _cyclic, knobs=("cycle_epochs", "peak_ratio"), per_batch=True))

@@ -104,13 +104,21 @@ def test_a_knob_the_schedule_lacks_is_an_error_naming_its_schedules(knob: str, n
     )
 
 
-def test_gamma_is_the_step_factor_and_exponential_takes_decay() -> None:
+def test_exponential_takes_the_rate_decay_or_the_factor_gamma() -> None:
+    by_gamma = make_config({"schedule": "exponential", "gamma": 0.5}).schedule
+    assert by_gamma.factor(3.0, 10) == pytest.approx(0.125)  # 0.5 ** 3
+    by_decay = make_config({"schedule": "exponential", "decay": math.log(2.0)}).schedule
+    assert by_decay.factor(3.0, 10) == pytest.approx(0.125)
+    assert make_config({"schedule": "exponential"}).schedule.factor(1.0, 10) == pytest.approx(math.exp(-0.1))
     with pytest.raises(ConfigError) as info:
-        make_config({"schedule": "exponential", "gamma": 0.1})
-    assert (
-        str(info.value)
-        == "gamma: applies only to schedule step (schedule is 'exponential', which takes decay)"
-    )
+        make_config({"schedule": "exponential", "gamma": 0.5, "decay": 0.1})
+    assert info.value.key == "gamma" and "set one" in info.value.message
+    with pytest.raises(ConfigError) as info:
+        make_config({"schedule": "exponential", "gamma": 1.5})
+    assert info.value.key == "gamma" and "(0, 1]" in info.value.message
+    with pytest.raises(ConfigError) as info:
+        make_config({"schedule": "inverse_time", "gamma": 0.5})
+    assert str(info.value).startswith("gamma: applies only to schedules exponential, step (schedule is 'inverse_time'")
 
 
 @pytest.mark.parametrize(
