@@ -214,7 +214,8 @@ def _objective(raw: Mapping[str, Any], task: str) -> tuple[str, str]:
     if direction not in DIRECTIONS:
         raise SpecError("direction", f"unknown direction {direction!r}; {one_of(DIRECTIONS)}")
     if direction != natural:
-        raise SpecError("direction", f"{metric} is better when larger or smaller by nature: use {natural} (got {direction})")
+        better = "larger" if natural == "maximize" else "smaller"
+        raise SpecError("direction", f"{metric} is better when {better}: use {natural} or leave direction out (got {direction})")
     return str(metric), str(direction)
 
 

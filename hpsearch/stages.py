@@ -171,7 +171,7 @@ class StageRun:
         recorder = recorder or self.running.pop(key)
         recorder.fail(message if not detail else f"{message}\n{detail}")
         self.failures.count += 1
-        self.failures.last = message
+        self.failures.last = (message.strip().splitlines() or ["(no message)"])[0]  # the CLI prints one line
         self._trial_ended(key)
 
     def _trial_ended(self, key: int) -> None:
