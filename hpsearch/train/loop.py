@@ -21,6 +21,8 @@ from hpsearch.train.optim import build_optimizer
 from hpsearch.train.regularize import clip_gradients, penalty
 from hpsearch.train.result import Reporter, StopReason, TrainResult
 
+EVAL_ROWS = 1024  # validation rows per forward pass, so a large validation split fits in memory
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda if available else cpu; an unavailable cuda device is a ConfigError."""
@@ -138,7 +140,12 @@ class _Step:
         self.loss_fn = _loss_fn(data.task)
         self.penalty = penalty(model, config)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.base_lr = config.base_lr
+        # lr_scaling scales for the batch actually trained on: never more rows than the training set
+        effective_batch = min(config.batch_size, self.x.shape[0])
+        self.base_lr = (
+            config.base_lr if config.full_batch
+            else config.lr_scaling.scale(config.optimizer.lr, effective_batch)
+        )
         self.samples = 0  # samples seen, for samples/second
 
     def epoch(self, index: int, generator: torch.Generator) -> tuple[float, str]:
@@ -149,7 +156,8 @@ class _Step:
             self.samples += n
             return self._full_batch_step().item(), ""
         schedule, batch = self.config.schedule, self.config.batch_size
-        batches = math.ceil(n / batch)
+        # a last batch of one row joins the one before: batch norm cannot train on a single row
+        batches = max(1, n // batch) if n % batch == 1 else math.ceil(n / batch)
         if not schedule.per_batch:
             self._set_lr(float(index))
         order = torch.randperm(n, generator=generator).to(self.device)
@@ -157,7 +165,7 @@ class _Step:
         for b in range(batches):
             if schedule.per_batch:
                 self._set_lr(index + (b + 1) / batches)
-            idx = order[b * batch : (b + 1) * batch]
+            idx = order[b * batch : (b + 1) * batch if b < batches - 1 else n]
             x = self.x[idx] if self.augment is None else self.augment(self.x[idx], generator)
             loss = self._minibatch_step(x, self.y[idx])
             total += loss * idx.numel()
@@ -205,11 +213,11 @@ class _Step:
 def evaluate(
     model: torch.nn.Module, x_val: torch.Tensor, data: Dataset, precision: str = "fp32"
 ) -> dict[str, float]:
-    """Validation metrics of ``model`` (in eval mode, without gradients)."""
+    """Validation metrics of ``model`` (in eval mode, without gradients), ``EVAL_ROWS`` rows at a time."""
     model.eval()
     with torch.no_grad(), autocast(precision, x_val.device):
-        outputs = model(x_val)
-    return validation_metrics(outputs.float(), data)
+        outputs = torch.cat([model(chunk).float() for chunk in x_val.split(EVAL_ROWS)])
+    return validation_metrics(outputs, data)
 
 
 def _loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

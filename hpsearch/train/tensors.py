@@ -48,7 +48,7 @@ def from_arrays(
             raise DataError(f"{where}: {part} x {list(x.shape)} and y {list(y.shape)} must be non-empty with one row per label")
     if xs[0].shape[1:] != xs[1].shape[1:]:
         raise DataError(f"{where}: train and validation rows differ in shape: {list(xs[0].shape[1:])} vs {list(xs[1].shape[1:])}")
-    tokens = not xs[0].is_floating_point()
+    tokens = not xs[0].is_floating_point() and xs[0].dtype != torch.bool  # bool x are 0/1 features
     vocab = int(max(x.max() for x in xs)) + 1 if tokens else 0
     x_train_t, x_val_t = (x.long() if tokens else x.float() for x in xs)
     names = tuple(f"x{i}" for i in range(x_train_t[0].numel()))

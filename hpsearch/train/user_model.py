@@ -9,7 +9,8 @@ is ``[batch, n_outputs]`` (classification logits) or ``[batch, 1]`` (regression)
 
 Searchable options: every scalar option (a number, string, bool or null) is also a knob, so ``space:``
 or ``train:`` may name it and then override the section's value; declare an option in the section,
-with its default, to make it searchable. An option may not reuse a training knob's name (``lr``, ...).
+with its default, to make it searchable. An option may not reuse a training, optimizer or schedule
+knob's name (``lr``, ``gamma``, ...).
 The module is imported with the working directory on ``sys.path`` (see :mod:`hpsearch.train.imports`).
 """
 
@@ -42,12 +43,16 @@ def user_knobs(section: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def parse_user_model(section: Mapping[str, Any], knobs: Mapping[str, Any]) -> PythonModelConfig:
-    from hpsearch.train.config import OPTIMIZER_KNOBS, TRAIN_KNOBS  # config imports this module
+    from hpsearch.train.config import (  # config imports this module
+        OPTIMIZER_KNOBS,
+        SCHEDULE_KNOBS,
+        TRAIN_KNOBS,
+    )
 
     path = check_import_path("model.python", section.get("python"))
     load_callable("model.python", path)  # a wrong path fails when the study is checked, not in a trial
     for key in section:
-        if key in TRAIN_KNOBS or key in OPTIMIZER_KNOBS:
+        if key in TRAIN_KNOBS or key in OPTIMIZER_KNOBS or key in SCHEDULE_KNOBS:
             raise ConfigError(f"model.{key}", "is a training knob; set it under train: or space:")
     options = {str(k): v for k, v in section.items() if k not in _OWN_KEYS}
     options.update({k: knobs[k] for k in user_knobs(section) if k in knobs})

@@ -19,3 +19,5 @@ def initialize(model: nn.Module, init: str, activation: str) -> None:
             spec.apply(module.weight, act)
             if module.bias is not None and not spec.keeps_bias:
                 nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+            spec.apply(module.in_proj_weight, act)  # the query/key/value projections (its out_proj is a Linear)
