@@ -109,7 +109,7 @@ def export(spec: StudySpec, storage: optuna.storages.BaseStorage, out: str | Pat
 def format_status(rows: Sequence[StageStatus], direction: str) -> str:
     """A plain-text table: one line per stage with trial counts, best value and best parameters."""
     header = ("stage", "study", "complete", "pruned", "failed", "running", "best " + direction[:3], "best params")
-    lines = [header]
+    lines: list[tuple[str, ...]] = [header]
     for r in rows:
         best = "-" if r.best is None else f"{r.best.value:.6g} (#{r.best.number})"
         params = "-" if r.best is None else ", ".join(f"{k}={_short(v)}" for k, v in r.best.params.items())

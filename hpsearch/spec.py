@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 import re
-from typing import Any
+from typing import Any, Literal, cast
 
 import yaml
 
@@ -29,7 +29,8 @@ TOP_KEYS = (
 STAGE_KEYS = ("name", "sampler", "trials", "grid", "max_failures")
 SHORTHAND_KEYS = ("sampler", "trials", "grid", "max_failures")
 EXECUTOR_KEYS = ("kind", "workers")
-DIRECTIONS = ("minimize", "maximize")
+Direction = Literal["minimize", "maximize"]
+DIRECTIONS: tuple[Direction, ...] = ("minimize", "maximize")
 DEFAULT_MAX_FAILURES = 10
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # How many corner configurations of a space are checked against the training core before a run.
@@ -60,7 +61,7 @@ class StudySpec:
     name: str
     storage: str | None
     metric: str
-    direction: str
+    direction: Direction
     seed: int
     data: DataConfig
     model: Mapping[str, Any]
@@ -200,7 +201,7 @@ def _data(raw: Any, seed: int) -> DataConfig:
         raise SpecError(f"data.{exc.key}" if exc.key else "data", exc.message) from None
 
 
-def _objective(raw: Mapping[str, Any], task: str) -> tuple[str, str]:
+def _objective(raw: Mapping[str, Any], task: str) -> tuple[str, Direction]:
     metrics = reported_metrics(task)
     metric = raw.get("metric", "val_rmse" if task == "regression" else "val_loss")
     if metric not in metrics:
@@ -216,7 +217,7 @@ def _objective(raw: Mapping[str, Any], task: str) -> tuple[str, str]:
     if direction != natural:
         better = "larger" if natural == "maximize" else "smaller"
         raise SpecError("direction", f"{metric} is better when {better}: use {natural} or leave direction out (got {direction})")
-    return str(metric), str(direction)
+    return str(metric), cast(Direction, direction)
 
 
 def _check_space_against_core(
@@ -243,9 +244,9 @@ def _check_space_against_core(
         except ConfigError as exc:
             failing.append((config, exc))
     if failing:
-        config, exc = failing[0]
-        hint = _when_hint(space, exc.key, passing, [c for c, e in failing if e.key == exc.key]) if exc.key in config else ""
-        raise SpecError(knob_path(exc.key, config), exc.message + hint)
+        config, first = failing[0]
+        hint = _when_hint(space, first.key, passing, [c for c, e in failing if e.key == first.key]) if first.key in config else ""
+        raise SpecError(knob_path(first.key, config), first.message + hint)
 
 
 def knob_path(key: str, config: Mapping[str, Any]) -> str:

@@ -53,10 +53,13 @@ class LocalExecutor(Executor):
         worker.conn.send(job)
 
     def poll(self, handler: TrialHandler, timeout: float) -> None:
-        busy = {w.conn: w for w in self._workers if w.job is not None}
-        sentinels = {w.process.sentinel: w for w in busy.values()}
-        for ready in wait([*busy, *sentinels], timeout):
-            worker = busy.get(ready) or sentinels[ready]  # type: ignore[index]
+        # A worker is ready when it sent something (its pipe) or when it died (its sentinel).
+        waitables: dict[Any, _Worker] = {}
+        for w in self._workers:
+            if w.job is not None:
+                waitables[w.conn] = waitables[w.process.sentinel] = w
+        for ready in wait(list(waitables), timeout):
+            worker = waitables[ready]
             if worker.job is not None:
                 self._serve(worker, handler)
 

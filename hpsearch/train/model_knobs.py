@@ -65,14 +65,15 @@ def _kaiming(weight: torch.Tensor, activation: ActivationSpec) -> None:
 
     # kaiming_normal_ knows only the gains calculate_gain knows; elu/gelu are close enough to relu
     torch.nn.init.kaiming_normal_(weight, a=0.01 if activation.gain == "leaky_relu" else 0.0,
-                                  nonlinearity=activation.gain)
+                                  nonlinearity=activation.gain)  # type: ignore[arg-type]
 
 
 def _xavier(weight: torch.Tensor, activation: ActivationSpec) -> None:
     import torch
 
     param = 0.01 if activation.gain == "leaky_relu" else None
-    torch.nn.init.xavier_uniform_(weight, gain=torch.nn.init.calculate_gain(activation.gain, param))
+    gain = torch.nn.init.calculate_gain(activation.gain, param)  # type: ignore[arg-type]
+    torch.nn.init.xavier_uniform_(weight, gain=gain)
 
 
 def _default(weight: torch.Tensor, activation: ActivationSpec) -> None:

@@ -63,6 +63,7 @@ class TransformerClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, d_model)
+        self.positions: torch.Tensor
         self.register_buffer("positions", sinusoidal_encoding(length, d_model), persistent=False)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
