@@ -41,9 +41,15 @@ class SamplerPlan:
         return dict(todo[0]) if todo else {}
 
     def _unvisited(self, study: optuna.Study) -> list[dict[str, Any]]:
-        held = [t.params for t in study.get_trials(deepcopy=False, states=_VISITING)]
-        waiting = [t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
-        return [c for c in self.configs or () if c not in held and c not in waiting]
+        held = {
+            _key(t.system_attrs.get("fixed_params", {}) if t.state is TrialState.WAITING else t.params)
+            for t in study.get_trials(deepcopy=False, states=_VISITING)
+        }
+        return [c for c in self.configs or () if _key(c) not in held]
+
+
+def _key(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(params.items()))
 
 
 SamplerFactory = Callable[[Space, Mapping[str, int], int], SamplerPlan]
