@@ -1,4 +1,4 @@
-"""Regression tests for defects found in review of the training core."""
+"""Edge cases of the training core: odd batch remainders, knob-name clashes, big validation splits, odd dtypes."""
 
 from __future__ import annotations
 
