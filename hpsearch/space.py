@@ -15,7 +15,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import SpecError, did_you_mean, one_of
-from hpsearch.values import spec_number
+from hpsearch.values import spec_keys, spec_number
 
 if TYPE_CHECKING:
     import optuna
@@ -89,12 +89,7 @@ def _parse_param(name: str, body: Any, path: str) -> Param:
         raise SpecError(f"{path}.type", f"is required; {one_of(PARAM_TYPES)}")
     if kind not in PARAM_TYPES:
         raise SpecError(f"{path}.type", f"unknown type {kind!r}{did_you_mean(str(kind), PARAM_TYPES)}; {one_of(PARAM_TYPES)}")
-    for key in body:
-        if key not in _KEYS[kind]:
-            raise SpecError(
-                f"{path}.{key}",
-                f"unknown key for a {kind} parameter{did_you_mean(str(key), _KEYS[kind])}; allowed: {', '.join(_KEYS[kind])}",
-            )
+    spec_keys(body, _KEYS[kind], path, what=f"key for a {kind} parameter")
     if kind == "categorical":
         return _parse_categorical(name, body, path)
     return _parse_numeric(name, kind, body, path)

@@ -20,7 +20,7 @@ from hpsearch.errors import ConfigError, SpecError, did_you_mean, one_of
 from hpsearch.space import CategoricalParam, Space, corner_configs, grid_configs, numeric_params, parse_space
 from hpsearch.train import DataConfig, build_train_config, knob_names, parse_data_config, reported_metrics
 from hpsearch.train.models import model_kind
-from hpsearch.values import spec_int
+from hpsearch.values import spec_int, spec_keys
 
 TOP_KEYS = (
     "name", "storage", "metric", "direction", "seed", "data", "model", "train", "space",
@@ -154,7 +154,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
 
 
 def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
-    _check_keys(raw, TOP_KEYS, "")
+    spec_keys(raw, TOP_KEYS, "")
     name = _name(raw.get("name"), "name")
     seed = spec_int(raw.get("seed", 0), "seed")
     storage = raw.get("storage")
@@ -169,13 +169,6 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     stages = _stages(raw, space)
     executor = _executor(raw.get("executor", {}))
     return StudySpec(name, storage, metric, direction, seed, data, model, train, space, stages, executor)
-
-
-def _check_keys(raw: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
-    for key in raw:
-        if key not in allowed:
-            where = f"{path}.{key}" if path else str(key)
-            raise SpecError(where, f"unknown key{did_you_mean(str(key), allowed)}; allowed: {', '.join(allowed)}")
 
 
 def _name(value: Any, path: str) -> str:
@@ -295,7 +288,7 @@ def _stage(raw: Any, path: str, space: Space, default_name: str | None) -> Stage
 
     if not isinstance(raw, Mapping):
         raise SpecError(path, "must be a mapping such as {name: coarse, sampler: random, trials: 30}")
-    _check_keys(raw, STAGE_KEYS, path)
+    spec_keys(raw, STAGE_KEYS, path)
     name = _name(raw.get("name", default_name), at("name"))
     sampler = raw.get("sampler")
     if sampler is None:
@@ -332,7 +325,7 @@ def _grid(raw: Any, path: str, space: Space, sampler: str) -> dict[str, int]:
 
 def _executor(raw: Any) -> ExecutorSpec:
     raw = _mapping(raw, "executor")
-    _check_keys(raw, EXECUTOR_KEYS, "executor")
+    spec_keys(raw, EXECUTOR_KEYS, "executor")
     kind = raw.get("kind", "local")
     if kind not in executors.names():
         raise SpecError("executor.kind", f"unknown executor {kind!r}{did_you_mean(str(kind), executors.names())}; {one_of(executors.names())}")

@@ -61,6 +61,14 @@ def check_keys(
             raise ConfigError(f"{prefix}{key}", f"unknown {what}{hint}; allowed: {', '.join(allowed)}")
 
 
+def spec_keys(raw: Mapping[str, Any], allowed: Iterable[str], path: str, *, what: str = "key") -> None:
+    """:func:`check_keys` for a study-file section at ``path`` (empty for the top level)."""
+    try:
+        check_keys(raw, allowed, prefix=f"{path}." if path else "", what=what)
+    except ConfigError as exc:
+        raise SpecError(exc.key, exc.message) from None
+
+
 def spec_number(value: Any, path: str, *, integer: bool = False) -> float | int:
     """:func:`as_float` (or :func:`as_int`) for a study-file field at ``path``."""
     try:
