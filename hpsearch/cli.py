@@ -137,7 +137,11 @@ def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     spec = _load(args)
     storage = _storage(spec)
     stdout.write(f"study {spec.name} in {mask_url(resolve_url(spec.storage))}, {spec.direction} {spec.metric}\n")
-    stdout.write(results.format_status(results.status(spec, storage), spec.direction) + "\n")
+    rows = results.status(spec, storage)
+    stdout.write(results.format_status(rows, spec.direction) + "\n")
+    spaces = results.format_spaces(spec, rows)
+    if spaces:
+        stdout.write(spaces + "\n")
     return 0
 
 

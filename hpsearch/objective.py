@@ -65,6 +65,11 @@ class TrialRecorder:
         if isinstance(storage, optuna.storages.RDBStorage):
             storage.record_heartbeat(self.trial._trial_id)
 
+    def placed(self, placement: Mapping[str, Any]) -> None:
+        """Record where the trial runs: ``worker_host``, ``worker_pid``, ``node_id``, ``gpus`` ..."""
+        for key, value in placement.items():
+            self.trial.set_user_attr(key, value)
+
     def report(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         """Record the monitored metric of an epoch; True when the pruner says stop."""
         value = metrics.get(self._metric)

@@ -8,8 +8,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from hpsearch.results import space_changes
 from hpsearch.spec import StageSpec, StudySpec
-from hpsearch.stages import RunListener, best_trial
+from hpsearch.stages import ATTR_DERIVED, ATTR_SPACE, RunListener, best_trial
 
 _STATE = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
@@ -27,6 +28,11 @@ class ProgressListener(RunListener):
     def on_stage_start(self, spec: StudySpec, stage: StageSpec, study: optuna.Study, done: int) -> None:
         self._budget, self._label = stage.trials, study.study_name
         best = best_trial(study)
+        derived = study.user_attrs.get(ATTR_DERIVED)
+        if derived and ATTR_SPACE in study.user_attrs:
+            changes = space_changes(spec.space, study.user_attrs[ATTR_SPACE])
+            self._stream.write(f"{study.study_name}: space from the best {derived['top']} of {derived['complete']} "
+                               f"complete trials of {derived['stage']}: {'; '.join(changes) or 'unchanged'}\n")
         if self._live:
             self._bar = tqdm(total=stage.trials, initial=min(done, stage.trials), desc=study.study_name,
                              file=self._stream, unit="trial", dynamic_ncols=True)
@@ -47,6 +53,10 @@ class ProgressListener(RunListener):
         reason = trial.user_attrs.get("fail_reason", "").splitlines()[:1] if trial.state is TrialState.FAIL else []
         self._stream.write(f"{self._label} trial {trial.number} {what}{value}"
                            f"{': ' + reason[0] if reason else ''} [{done}/{self._budget}] {self._best_text(best)}\n")
+        self._stream.flush()
+
+    def on_stage_skipped(self, stage: StageSpec, reason: str) -> None:
+        self._stream.write(f"stage {stage.name}: skipped, {reason}\n")
         self._stream.flush()
 
     def on_stage_end(self, stage: StageSpec, study: optuna.Study) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 import math
 from pathlib import Path
@@ -14,8 +14,9 @@ from optuna.trial import FrozenTrial, TrialState
 import pandas as pd
 
 from hpsearch.errors import HpsearchError
+from hpsearch.space import Space, describe, parse_space
 from hpsearch.spec import StageSpec, StudySpec
-from hpsearch.stages import best_trial
+from hpsearch.stages import ATTR_ENDED, ATTR_SPACE, best_trial
 from hpsearch.storage import existing_study_names
 
 EXPORT_SUFFIXES = (".csv", ".parquet")
@@ -28,6 +29,8 @@ class StageStatus:
     started: bool
     counts: Counter[TrialState]
     best: FrozenTrial | None
+    space: Mapping[str, Any] | None = None  # the space the stage searched, as stored (study-file format)
+    ended: str | None = None  # why it ended before its budget, if it did
 
     @property
     def finished(self) -> int:
@@ -48,9 +51,36 @@ def status(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[StageS
     rows = []
     for stage, study in stage_studies(spec, storage):
         trials = study.get_trials(deepcopy=False) if study else []
+        attrs = study.user_attrs if study else {}
+        ended = attrs.get(ATTR_ENDED)
         rows.append(StageStatus(stage, spec.study_name(stage), study is not None,
-                                Counter(t.state for t in trials), best_trial(study) if study else None))
+                                Counter(t.state for t in trials), best_trial(study) if study else None,
+                                attrs.get(ATTR_SPACE), ended.get("reason") if isinstance(ended, dict) else None))
     return rows
+
+
+def space_changes(original: Space, stored: Mapping[str, Any]) -> list[str]:
+    """``name before -> after`` for every parameter a stage's stored space changed or dropped."""
+    derived = {p.name: p for p in parse_space(stored, "stored space")}
+    changes = []
+    for p in original:
+        after = derived.get(p.name)
+        if after is None:
+            changes.append(f"{p.name} {describe(p)} -> (never active)")
+        elif after != p:
+            changes.append(f"{p.name} {describe(p)} -> {describe(after)}")
+    return changes
+
+
+def format_spaces(spec: StudySpec, rows: Sequence[StageStatus]) -> str:
+    """Per started stage, its parameters before (as written) and after narrowing; empty if no stage narrowed."""
+    lines = []
+    for r in rows:
+        changes = space_changes(spec.space, r.space) if r.space is not None else []
+        if changes:
+            lines.append(f"space of {r.stage.name} (as written -> searched):")
+            lines.extend(f"  {c}" for c in changes)
+    return "\n".join(lines)
 
 
 def overall_best(spec: StudySpec, storage: optuna.storages.BaseStorage) -> tuple[StageSpec, FrozenTrial]:

@@ -241,3 +241,33 @@ def corner_configs(space: Space, limit: int) -> list[dict[str, Any]]:
     """
     corners = {p.name: 2 for p in numeric_params(space)}
     return list(itertools.islice(_expand(space, corners, 0, {}), limit))
+
+
+def space_to_raw(space: Space) -> dict[str, dict[str, Any]]:
+    """``space`` in the study file's format (JSON-ready): what :func:`parse_space` reads back."""
+    raw: dict[str, dict[str, Any]] = {}
+    for p in space:
+        if isinstance(p, CategoricalParam):
+            body: dict[str, Any] = {"type": "categorical", "choices": list(p.choices)}
+        else:
+            body = {"type": "int" if isinstance(p, IntParam) else "float", "low": p.low, "high": p.high}
+            if p.log:
+                body["log"] = True
+            if p.step is not None and not (isinstance(p, IntParam) and p.step == 1):
+                body["step"] = p.step
+        if p.when:
+            body["when"] = {c.param: list(c.values) for c in p.when}
+        raw[p.name] = body
+    return raw
+
+
+def describe(param: Param) -> str:
+    """A short human form: ``1e-05..0.1 log``, ``[sgd, adam]``, ``16..256 step 16``."""
+    if isinstance(param, CategoricalParam):
+        return "[" + ", ".join(map(str, param.choices)) + "]"
+    text = f"{param.low:.4g}" if param.low == param.high else f"{param.low:.4g}..{param.high:.4g}"
+    if param.log:
+        text += " log"
+    elif param.step is not None and not (isinstance(param, IntParam) and param.step == 1):
+        text += f" step {param.step:g}"
+    return text

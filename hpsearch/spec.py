@@ -9,32 +9,55 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 import copy
 from dataclasses import dataclass, field
+import math
 from pathlib import Path
 import re
 from typing import Any, Literal, cast
 
 import yaml
 
-from hpsearch import executors, samplers
+from hpsearch import executors, pruners, samplers
 from hpsearch.errors import ConfigError, SpecError, did_you_mean, one_of
+from hpsearch.pruners import PrunerSpec
 from hpsearch.space import CategoricalParam, Space, corner_configs, grid_configs, numeric_params, parse_space
 from hpsearch.train import DataConfig, build_train_config, knob_names, parse_data_config, reported_metrics
 from hpsearch.train.models import model_kind
-from hpsearch.values import spec_int, spec_keys
+from hpsearch.values import spec_int, spec_keys, spec_number
 
 TOP_KEYS = (
     "name", "storage", "metric", "direction", "seed", "data", "model", "train", "space",
-    "stages", "sampler", "trials", "grid", "max_failures", "executor",
+    "stages", "sampler", "trials", "grid", "max_failures", "executor", "pruner", "timeout",
 )
-STAGE_KEYS = ("name", "sampler", "trials", "grid", "max_failures")
-SHORTHAND_KEYS = ("sampler", "trials", "grid", "max_failures")
-EXECUTOR_KEYS = ("kind", "workers")
+STAGE_KEYS = ("name", "sampler", "trials", "grid", "max_failures", "timeout", "pruner", "narrow", "freeze", "warm_start")
+SHORTHAND_KEYS = ("sampler", "trials", "grid", "max_failures", "timeout")
+NARROW_KEYS = ("top", "margin", "keep_min")
+EXECUTOR_KEYS = ("kind", "workers", "address", "gpus_per_trial", "cpus_per_trial", "dashboard")
+RAY_ONLY_KEYS = ("address", "gpus_per_trial", "cpus_per_trial", "dashboard")
 Direction = Literal["minimize", "maximize"]
 DIRECTIONS: tuple[Direction, ...] = ("minimize", "maximize")
 DEFAULT_MAX_FAILURES = 10
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # How many corner configurations of a space are checked against the training core before a run.
 _VALIDATION_CORNERS = 512
+
+
+@dataclass(frozen=True)
+class NarrowSpec:
+    """How a stage derives its space from the previous stage's best trials."""
+
+    top: float | int  # a float in (0, 1): that fraction of the complete trials; an int: that many
+    margin: float = 0.1  # widen the span of the top trials by this fraction of it (in log space for log params)
+    keep_min: int = 1  # categorical parameters keep at least this many choices, by rank
+
+    def top_count(self, complete: int) -> int:
+        """How many of ``complete`` trials form the top set."""
+        if isinstance(self.top, int):
+            return min(self.top, complete)
+        return min(complete, max(1, math.ceil(self.top * complete)))
+
+    def needs(self) -> int:
+        """The fewest complete trials worth narrowing on: the count, or enough for the fraction to pick one."""
+        return self.top if isinstance(self.top, int) else math.ceil(1 / self.top - 1e-9)
 
 
 @dataclass(frozen=True)
@@ -46,12 +69,26 @@ class StageSpec:
     trials: int  # budget of finished (complete or pruned) trials
     grid: Mapping[str, int] = field(default_factory=dict)  # grid points per numeric parameter
     max_failures: int = DEFAULT_MAX_FAILURES
+    timeout: float | None = None  # seconds: no new trial starts after this long in one run
+    pruner: PrunerSpec | None = None  # None: the study's pruner
+    narrow: NarrowSpec | None = None  # None: the previous stage's space as it is (the original for the first)
+    freeze: tuple[str, ...] = ()  # parameters fixed at the previous stage's best value
+    warm_start: int = 0  # the previous stage's best N configurations run first
+
+    @property
+    def derived(self) -> bool:
+        """Whether this stage's space is derived from the previous stage's trials."""
+        return self.narrow is not None or bool(self.freeze)
 
 
 @dataclass(frozen=True)
 class ExecutorSpec:
     kind: str = "local"
     workers: int = 1
+    address: str | None = None  # ray: None starts an embedded Ray; "auto" or "HOST:PORT" joins a cluster
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0
+    dashboard: bool = False  # ray: start Ray's web dashboard with the embedded Ray
 
 
 @dataclass(frozen=True)
@@ -69,6 +106,10 @@ class StudySpec:
     space: Space
     stages: tuple[StageSpec, ...]
     executor: ExecutorSpec
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+
+    def stage_pruner(self, stage: StageSpec) -> PrunerSpec:
+        return stage.pruner or self.pruner
 
     def study_name(self, stage: StageSpec) -> str:
         """The Optuna study name of a stage, e.g. ``car-price/coarse``."""
@@ -168,7 +209,8 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     _check_space_against_core(space, model, train, data.task, metric, direction, seed)
     stages = _stages(raw, space)
     executor = _executor(raw.get("executor", {}))
-    return StudySpec(name, storage, metric, direction, seed, data, model, train, space, stages, executor)
+    pruner = _pruner(raw.get("pruner"), "pruner") or PrunerSpec()
+    return StudySpec(name, storage, metric, direction, seed, data, model, train, space, stages, executor, pruner)
 
 
 def _name(value: Any, path: str) -> str:
@@ -269,10 +311,10 @@ def _stages(raw: Mapping[str, Any], space: Space) -> tuple[StageSpec, ...]:
         items = raw["stages"]
         if not isinstance(items, list) or not items:
             raise SpecError("stages", "must be a non-empty list such as [{name: coarse, sampler: random, trials: 30}]")
-        stages = [_stage(item, f"stages.{i}", space, default_name=None) for i, item in enumerate(items)]
+        stages = [_stage(item, f"stages.{i}", space, default_name=None, first=i == 0) for i, item in enumerate(items)]
     elif "sampler" in raw:
         shorthand = {k: raw[k] for k in SHORTHAND_KEYS if k in raw}
-        stages = [_stage(shorthand, "", space, default_name="main")]
+        stages = [_stage(shorthand, "", space, default_name="main", first=True)]
     else:
         raise SpecError("stages", "is required (or the shorthand sampler: + trials:), such as stages: [{name: coarse, sampler: random, trials: 30}]")
     names = [s.name for s in stages]
@@ -282,7 +324,7 @@ def _stages(raw: Mapping[str, Any], space: Space) -> tuple[StageSpec, ...]:
     return tuple(stages)
 
 
-def _stage(raw: Any, path: str, space: Space, default_name: str | None) -> StageSpec:
+def _stage(raw: Any, path: str, space: Space, default_name: str | None, first: bool) -> StageSpec:
     def at(key: str) -> str:
         return f"{path}.{key}" if path else key
 
@@ -303,7 +345,84 @@ def _stage(raw: Any, path: str, space: Space, default_name: str | None) -> Stage
     else:
         raise SpecError(at("trials"), "is required: the number of finished trials this stage runs")
     max_failures = spec_int(raw.get("max_failures", DEFAULT_MAX_FAILURES), at("max_failures"), minimum=1)
-    return StageSpec(name, sampler, trials, grid, max_failures)
+    timeout = None
+    if raw.get("timeout") is not None:
+        timeout = float(spec_number(raw["timeout"], at("timeout")))
+        if timeout <= 0:
+            raise SpecError(at("timeout"), f"must be a number of seconds > 0, got {raw['timeout']!r}")
+    pruner = _pruner(raw.get("pruner"), at("pruner"))
+    for key in ("narrow", "freeze", "warm_start"):
+        if first and raw.get(key) is not None:
+            raise SpecError(at(key), "needs a previous stage to work from; the first stage searches the space as written")
+    narrow = _narrow(raw.get("narrow"), at("narrow"))
+    freeze = _freeze(raw.get("freeze"), at("freeze"), space)
+    warm_start = spec_int(raw.get("warm_start", 0), at("warm_start"), minimum=0)
+    return StageSpec(name, sampler, trials, grid, max_failures, timeout, pruner, narrow, freeze, warm_start)
+
+
+def _narrow(raw: Any, path: str) -> NarrowSpec | None:
+    if raw is None:
+        return None
+    raw = _mapping(raw, path)
+    spec_keys(raw, NARROW_KEYS, path)
+    if "top" not in raw:
+        raise SpecError(f"{path}.top", "is required: a fraction such as 0.25 (the best quarter) or a count such as 5")
+    top = raw["top"]
+    if isinstance(top, bool) or not isinstance(top, (int, float)) or top <= 0 or (isinstance(top, float) and top > 1):
+        raise SpecError(f"{path}.top", f"must be a fraction in (0, 1] such as 0.25, or a count >= 1 such as 5, got {top!r}")
+    margin = float(spec_number(raw.get("margin", 0.1), f"{path}.margin"))
+    if margin < 0:
+        raise SpecError(f"{path}.margin", f"must be >= 0 (a fraction of the top trials' span), got {margin}")
+    keep_min = spec_int(raw.get("keep_min", 1), f"{path}.keep_min", minimum=1)
+    return NarrowSpec(top, margin, keep_min)
+
+
+def _freeze(raw: Any, path: str, space: Space) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    items = raw if isinstance(raw, list) else [raw]
+    names = [p.name for p in space]
+    for i, item in enumerate(items):
+        if item not in names:
+            raise SpecError(f"{path}.{i}", f"{item!r} is not a parameter of space{did_you_mean(str(item), names)}; "
+                                           f"parameters: {', '.join(names) or 'none'}")
+    return tuple(dict.fromkeys(str(i) for i in items))
+
+
+def _pruner(raw: Any, path: str) -> PrunerSpec | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = {"kind": raw}
+    raw = _mapping(raw, path)
+    kind = raw.get("kind")
+    if kind is None:
+        raise SpecError(f"{path}.kind", f"is required; {one_of(pruners.names())}")
+    if kind not in pruners.names():
+        raise SpecError(f"{path}.kind", f"unknown pruner {kind!r}{did_you_mean(str(kind), pruners.names())}; {one_of(pruners.names())}")
+    schema = pruners.OPTIONS[kind]
+    spec_keys(raw, (*pruners.COMMON_KEYS, *schema), path, what=f"key for pruner {kind}")
+    options: dict[str, Any] = {}
+    for key, option in schema.items():
+        value = raw.get(key, option.default)
+        if value is not None:
+            value = spec_number(value, f"{path}.{key}", integer=option.kind is int)
+            if option.minimum is not None and value < option.minimum:
+                raise SpecError(f"{path}.{key}", f"must be >= {option.minimum:g}, got {value}")
+        options[key] = value
+    if kind == "threshold" and options["lower"] is None and options["upper"] is None:
+        raise SpecError(path, "pruner threshold needs lower, upper or both, such as {kind: threshold, upper: 1000}")
+    if kind == "percentile" and options["percentile"] > 100:
+        raise SpecError(f"{path}.percentile", f"must be in [0, 100], got {options['percentile']}")
+    patient = raw.get("patient")
+    if patient is not None:
+        patient = spec_int(patient, f"{path}.patient", minimum=0)
+    min_delta = float(spec_number(raw.get("min_delta", 0.0), f"{path}.min_delta"))
+    if min_delta < 0:
+        raise SpecError(f"{path}.min_delta", f"must be >= 0, got {min_delta}")
+    if "min_delta" in raw and patient is None:
+        raise SpecError(f"{path}.min_delta", "only applies with patient: N")
+    return pruners.PrunerSpec(str(kind), options, patient, min_delta)
 
 
 def _grid(raw: Any, path: str, space: Space, sampler: str) -> dict[str, int]:
@@ -330,5 +449,21 @@ def _executor(raw: Any) -> ExecutorSpec:
     if kind not in executors.names():
         raise SpecError("executor.kind", f"unknown executor {kind!r}{did_you_mean(str(kind), executors.names())}; {one_of(executors.names())}")
     workers = spec_int(raw.get("workers", 1), "executor.workers", minimum=1)
-    return ExecutorSpec(str(kind), workers)
+    if kind != "ray":
+        for key in RAY_ONLY_KEYS:
+            if key in raw:
+                raise SpecError(f"executor.{key}", "is only for kind: ray")
+    address = raw.get("address")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise SpecError("executor.address", f"must be null (start a local Ray), auto, or HOST:PORT of a Ray head, got {address!r}")
+    gpus = float(spec_number(raw.get("gpus_per_trial", 0), "executor.gpus_per_trial"))
+    if gpus < 0 or (gpus > 1 and not gpus.is_integer()):
+        raise SpecError("executor.gpus_per_trial", f"must be 0, a fraction of one GPU such as 0.25, or a whole number, got {gpus:g}")
+    cpus = float(spec_number(raw.get("cpus_per_trial", 1), "executor.cpus_per_trial"))
+    if cpus <= 0:
+        raise SpecError("executor.cpus_per_trial", f"must be > 0, got {cpus:g}")
+    dashboard = raw.get("dashboard", False)
+    if not isinstance(dashboard, bool):
+        raise SpecError("executor.dashboard", f"must be true or false, got {dashboard!r}")
+    return ExecutorSpec(str(kind), workers, address, gpus, cpus, dashboard)
 

@@ -31,6 +31,8 @@ class Recorder:
         self.reports: dict[int, list[int]] = {}
         self.results: dict[int, TrainResult] = {}
         self.errors: dict[int, str] = {}
+        self.lost: set[int] = set()
+        self.placements: dict[int, Mapping[str, object]] = {}
         self._stop_after = stop_after
         self._kill = kill_at_report
 
@@ -45,8 +47,13 @@ class Recorder:
     def on_result(self, key: int, result: TrainResult) -> None:
         self.results[key] = result
 
-    def on_error(self, key: int, message: str, detail: str) -> None:
+    def on_error(self, key: int, message: str, detail: str, lost: bool = False) -> None:
         self.errors[key] = message
+        if lost:
+            self.lost.add(key)
+
+    def on_start(self, key: int, placement: Mapping[str, object]) -> None:
+        self.placements[key] = placement
 
 
 def _drain(executor: LocalExecutor, handler: Recorder, timeout: float = 120) -> None:
@@ -68,6 +75,7 @@ def test_two_workers_run_trials_and_answer_every_report() -> None:
         assert handler.reports[key] == [1, 2]  # stopped by the handler's answer after epoch 2
         assert handler.results[key].stop_reason.name == "PRUNED"
         assert handler.results[key].epochs_run == 2
+        assert handler.placements[key]["worker_pid"] != os.getpid()  # placed in a worker process
 
 
 def test_a_dead_worker_fails_its_trial_and_is_replaced() -> None:
@@ -76,6 +84,7 @@ def test_a_dead_worker_fails_its_trial_and_is_replaced() -> None:
         executor.submit(_job(0, epochs=50))
         _drain(executor, handler)
         assert "worker process died" in handler.errors[0]
+        assert handler.lost == {0}  # not the trial's fault: the stage may retry it
         executor.submit(_job(1, epochs=2))
         _drain(executor, handler)
     assert handler.results[1].epochs_run == 2

@@ -1,21 +1,30 @@
-"""Executor registry: ``executor.kind`` → a factory taking the number of workers."""
+"""Executor registry: ``executor.kind`` → a factory taking the executor section of the study file."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from hpsearch.executors.base import Executor, TrialHandler, TrialJob
 from hpsearch.executors.local import LocalExecutor
 
-_REGISTRY: dict[str, Callable[[int], Executor]] = {"local": LocalExecutor}
+if TYPE_CHECKING:  # spec imports this registry to validate executor.kind
+    from hpsearch.spec import ExecutorSpec
+
+
+def _local(spec: ExecutorSpec) -> Executor:
+    return LocalExecutor(spec.workers)
+
+
+_REGISTRY: dict[str, Callable[[ExecutorSpec], Executor]] = {"local": _local}
 
 
 def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def make_executor(kind: str, workers: int) -> Executor:
-    return _REGISTRY[kind](workers)
+def make_executor(spec: ExecutorSpec) -> Executor:
+    return _REGISTRY[spec.kind](spec)
 
 
 __all__ = ["Executor", "LocalExecutor", "TrialHandler", "TrialJob", "make_executor", "names"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from hpsearch.train import DataConfig, TrainConfig, TrainResult
 
@@ -23,6 +23,7 @@ class TrialJob:
     key: int
     config: TrainConfig
     data: DataConfig
+    params: Mapping[str, Any] = field(default_factory=dict)  # the sampled parameters, for logs and reports
 
 
 class TrialHandler(Protocol):
@@ -34,8 +35,14 @@ class TrialHandler(Protocol):
     def on_result(self, key: int, result: TrainResult) -> None:
         """The trial finished training."""
 
-    def on_error(self, key: int, message: str, detail: str) -> None:
-        """The trial raised or its worker died; ``detail`` holds a traceback when there is one."""
+    def on_error(self, key: int, message: str, detail: str, lost: bool = False) -> None:
+        """The trial raised, or (``lost``) its worker died under it; ``detail`` holds a traceback when there is one.
+
+        A lost trial did nothing wrong itself (a killed process, a node gone), so the caller may retry it.
+        """
+
+    def on_start(self, key: int, placement: Mapping[str, Any]) -> None:
+        """Where the trial runs (host, node, GPU), known once the executor placed it."""
 
 
 class Executor(ABC):

@@ -15,6 +15,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 import os
 import signal
+import socket
 import traceback
 from typing import Any
 
@@ -73,6 +74,9 @@ class LocalExecutor(Executor):
                 if kind == "report":
                     worker.conn.send(handler.on_report(job.key, *body))
                     continue
+                if kind == "start":
+                    handler.on_start(job.key, body[0])
+                    continue
                 worker.job = None
                 if kind == "result":
                     handler.on_result(job.key, body[0])
@@ -80,7 +84,7 @@ class LocalExecutor(Executor):
                     handler.on_error(job.key, body[0], body[1])
         except (EOFError, OSError):
             self._replace(worker)
-            handler.on_error(job.key, f"worker process died (exit code {worker.process.exitcode})", "")
+            handler.on_error(job.key, f"worker process died (exit code {worker.process.exitcode})", "", lost=True)
 
     def _start_worker(self) -> _Worker:
         parent, child = self._ctx.Pipe()
@@ -150,6 +154,7 @@ def _worker_main(conn: Connection, threads: int) -> None:
         if job is None:
             return
         try:
+            conn.send(("start", {"worker_host": socket.gethostname(), "worker_pid": os.getpid()}))
             if job.data not in datasets:
                 datasets.clear()  # one study, one dataset: keep memory flat
                 datasets[job.data] = load_dataset(job.data)

@@ -1,0 +1,158 @@
+"""Coarse to fine: derive a stage's search space from the best trials of the stage before it.
+
+Pure functions of a space and ranked parameter sets, with no Optuna in them, so they are tested on
+synthetic trials. Ranges shrink to the span of the top trials widened by a margin (in log space for
+``log`` parameters), never beyond the space as written and never to zero width; categoricals keep
+the choices the top trials used; ``freeze`` pins a parameter to the best trial's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import dataclasses
+import math
+from typing import Any
+
+from hpsearch.space import CategoricalParam, Choice, Condition, FloatParam, IntParam, Param, Space, is_active
+
+Params = Mapping[str, Any]
+# Width, as a fraction of the original range, of the neighbourhood around a single good value
+# when margin is 0: a range must never collapse to a point the sampler cannot move in.
+_MIN_WIDTH = 0.05
+
+
+def narrow_space(
+    original: Space,
+    ranked: Sequence[Params],
+    top: int,
+    margin: float | None,
+    keep_min: int = 1,
+    freeze: Sequence[str] = (),
+) -> Space:
+    """The space searched next, from ``ranked`` (the complete trials' params, best first).
+
+    Args:
+        original: the space as written in the study file; narrowed ranges never leave it.
+        ranked: every complete trial's parameters, best first.
+        top: how many of ``ranked`` form the top set (at least 1).
+        margin: widen each range by this fraction of the top set's span; ``None`` leaves ranges and
+            choices as they are (only ``freeze`` applies).
+        keep_min: categoricals keep at least this many choices, by the rank of their best trial.
+        freeze: parameters pinned to their value in the best trial that has them.
+    """
+    if not ranked:
+        raise ValueError("narrow_space needs at least one ranked trial")
+    best = ranked[: max(1, top)]
+    kept: list[Param] = []
+    for written in original:
+        pruned = _prune_conditions(written, {p.name: p for p in kept})
+        if pruned is None:
+            continue  # its parent lost every choice that made it exist
+        param: Param = pruned
+        if param.name in freeze:
+            param = _frozen(param, ranked)
+        elif margin is not None:
+            values = [t[param.name] for t in best if param.name in t]
+            if values:  # a conditional parameter narrows from the top trials that have it
+                param = _narrowed(param, values, ranked, margin, keep_min)
+        kept.append(param)
+    return tuple(kept)
+
+
+def _prune_conditions(param: Param, kept: Mapping[str, Param]) -> Param | None:
+    """``param`` with conditions limited to the choices its parents still have; None if it can never exist."""
+    conditions = []
+    for c in param.when:
+        parent = kept.get(c.param)
+        if not isinstance(parent, CategoricalParam):
+            return None
+        values = tuple(v for v in c.values if v in parent.choices)
+        if not values:
+            return None
+        conditions.append(Condition(c.param, values))
+    return dataclasses.replace(param, when=tuple(conditions))
+
+
+def _frozen(param: Param, ranked: Sequence[Params]) -> Param:
+    value = next((t[param.name] for t in ranked if param.name in t), None)
+    if value is None:
+        return param  # no complete trial had it: nothing to pin it to
+    if isinstance(param, CategoricalParam):
+        return dataclasses.replace(param, choices=(value,))
+    if isinstance(param, IntParam):
+        return dataclasses.replace(param, low=int(value), high=int(value), log=False, step=1)
+    return dataclasses.replace(param, low=float(value), high=float(value), log=False, step=None)
+
+
+def _narrowed(param: Param, values: Sequence[Any], ranked: Sequence[Params], margin: float, keep_min: int) -> Param:
+    if isinstance(param, CategoricalParam):
+        return dataclasses.replace(param, choices=_kept_choices(param, values, ranked, keep_min))
+    low, high = _span(param, [float(v) for v in values], margin)
+    if isinstance(param, IntParam):
+        int_low, int_high = _int_bounds(param, low, high)
+        return dataclasses.replace(param, low=int_low, high=int_high)
+    if param.step is not None:
+        low, high = _snap(param.low, param.high, param.step, low, high)
+    return dataclasses.replace(param, low=low, high=high)
+
+
+def _span(param: FloatParam | IntParam, values: Sequence[float], margin: float) -> tuple[float, float]:
+    """The top values' span widened by ``margin``, clipped to the param's range, in its own units."""
+    to, back = (math.log, math.exp) if param.log else (float, float)
+    lo, hi = to(min(values)), to(max(values))
+    full = to(param.high) - to(param.low)
+    pad = margin * (hi - lo) if hi > lo else max(margin, _MIN_WIDTH) * full / 2
+    low = max(param.low, min(back(lo - pad), min(values)))  # exp(log(v)) may miss v by an ulp
+    high = min(param.high, max(back(hi + pad), max(values)))
+    return low, high
+
+
+def _snap(orig_low: float, orig_high: float, step: float, low: float, high: float) -> tuple[float, float]:
+    """Widen [low, high] outwards to the step grid anchored at ``orig_low``; keep at least one step."""
+    n_low = math.floor((low - orig_low) / step + 1e-9)
+    n_high = math.ceil((high - orig_low) / step - 1e-9)
+    n_max = math.floor((orig_high - orig_low) / step + 1e-9)
+    if n_high == n_low:  # zero width: take a neighbouring grid point
+        n_high, n_low = (n_high + 1, n_low) if n_high < n_max else (n_high, max(0, n_low - 1))
+    return orig_low + n_low * step, orig_low + min(n_high, n_max) * step
+
+
+def _int_bounds(param: IntParam, low: float, high: float) -> tuple[int, int]:
+    step = 1 if param.log else param.step  # Optuna: an int range is either log or stepped
+    lo, hi = _snap(param.low, param.high, step, math.floor(low), math.ceil(high))
+    return int(round(lo)), int(round(hi))
+
+
+def _kept_choices(param: CategoricalParam, values: Sequence[Any], ranked: Sequence[Params], keep_min: int) -> tuple[Choice, ...]:
+    """Choices the top trials used, topped up to ``keep_min`` by the rank of each choice's best trial."""
+    keep = set(map(repr, values))
+    by_rank = [t[param.name] for t in ranked if param.name in t] + list(param.choices)
+    for value in by_rank:
+        if len(keep) >= keep_min:
+            break
+        keep.add(repr(value))
+    return tuple(c for c in param.choices if repr(c) in keep)
+
+
+def contains(space: Space, params: Params) -> bool:
+    """Whether ``params`` is a configuration of ``space``: exactly its active parameters, each in range."""
+    chosen: dict[str, Any] = {}
+    for p in space:
+        if not is_active(p, chosen):
+            continue
+        if p.name not in params or not _inside(p, params[p.name]):
+            return False
+        chosen[p.name] = params[p.name]
+    return set(chosen) == set(params)
+
+
+def _inside(param: Param, value: Any) -> bool:
+    if isinstance(param, CategoricalParam):
+        return any(value == c and type(value) is type(c) for c in param.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not param.low <= value <= param.high:
+        return False
+    step = param.step if not param.log else None
+    if step:
+        k = (value - param.low) / step
+        return abs(k - round(k)) < 1e-6
+    return True
