@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+import warnings
 
 import optuna
 
@@ -98,6 +99,8 @@ def make_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:
     """The Optuna pruner of ``spec``; ``epochs`` is the longest a trial trains (hyperband's default resource)."""
     pruner = _REGISTRY[spec.kind](spec.options, epochs)
     if spec.patient is not None:
-        pruner = optuna.pruners.PatientPruner(None if spec.kind == "none" else pruner,
-                                              patience=spec.patient, min_delta=spec.min_delta)
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.8: noise on a user's terminal
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            pruner = optuna.pruners.PatientPruner(None if spec.kind == "none" else pruner,
+                                                  patience=spec.patient, min_delta=spec.min_delta)
     return pruner

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass
 import json
 import os
@@ -122,10 +123,12 @@ def stage_space(spec: StudySpec, index: int, storage: optuna.storages.BaseStorag
     space = spec.space
     if stage.derived or stage.warm_start:
         previous = spec.stages[index - 1]
-        ranked = ranked_trials(optuna.load_study(study_name=spec.study_name(previous), storage=storage))
+        before = optuna.load_study(study_name=spec.study_name(previous), storage=storage)
+        ranked = ranked_trials(before)
         needs = stage.narrow.needs() if stage.narrow else 1
         if len(ranked) < needs:
-            raise StageFailedError(_too_few(spec, index, len(ranked), needs))
+            counts = Counter(t.state for t in before.get_trials(deepcopy=False))
+            raise StageFailedError(_too_few(spec, index, counts, needs))
         if stage.derived:
             top = stage.narrow.top_count(len(ranked)) if stage.narrow else 1
             space = narrow_space(spec.space, [t.params for t in ranked], top,
@@ -139,11 +142,12 @@ def stage_space(spec: StudySpec, index: int, storage: optuna.storages.BaseStorag
     return space
 
 
-def _too_few(spec: StudySpec, index: int, complete: int, needs: int) -> str:
+def _too_few(spec: StudySpec, index: int, counts: Counter[TrialState], needs: int) -> str:
     stage, previous = spec.stages[index], spec.stages[index - 1]
     what = f"narrow.top {stage.narrow.top}" if stage.narrow else "freeze and warm_start"
-    return (f"stage {stage.name} cannot derive its space: stage {previous.name} has {complete} complete trial(s) "
-            f"and {what} needs at least {needs}; raise stages.{index - 1}.trials or loosen stages.{index}")
+    return (f"stage {stage.name} cannot derive its space: stage {previous.name} has {counts[TrialState.COMPLETE]} "
+            f"complete trial(s) ({counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed) and {what} "
+            f"needs at least {needs}; raise stages.{index - 1}.trials or loosen stages.{index}")
 
 
 def _enqueue_warm_start(study: optuna.Study, previous: StageSpec, ranked: list[FrozenTrial], space: Space, count: int) -> None:
@@ -172,6 +176,7 @@ class StageRun:
     def __init__(self, spec: StudySpec, stage: StageSpec, index: int, storage: optuna.storages.BaseStorage,
                  executor: Executor, listener: RunListener, stop: threading.Event) -> None:
         self.spec, self.stage, self.executor, self.listener, self.stop = spec, stage, executor, listener, stop
+        self.written_budget = stage.trials
         study = open_stage_study(spec, stage, storage)
         fail_abandoned(study)
         ended = study.user_attrs.get(ATTR_ENDED)
@@ -181,6 +186,9 @@ class StageRun:
         # Seeded by the history too: a resumed run must not replay the draws of the first one.
         seed = spec.seed + 1_000_003 * index + len(study.get_trials(deepcopy=False))
         self.plan = samplers.make_plan(stage.sampler, self.space, stage.grid, seed)
+        if self.plan.configs is not None and len(self.plan.configs) < stage.trials:
+            # A grid over a narrowed space can hold fewer points than the grid as written.
+            self.stage = stage = dataclasses.replace(stage, trials=len(self.plan.configs))
         pruner = pruners.make_pruner(spec.stage_pruner(stage), max_epochs(spec))
         self.study = open_stage_study(spec, stage, storage, self.plan.sampler, pruner)
         for key, value in {"hpsearch_stage": stage.name, "stage_index": index, "sampler": stage.sampler,
@@ -205,7 +213,7 @@ class StageRun:
                     raise KeyboardInterrupt
                 if self._deadline is not None and time.monotonic() > self._deadline:
                     self._deadline = None  # no new trial starts; running ones finish
-                    self.study.set_user_attr(ATTR_ENDED, {"reason": "timeout", "budget": self.stage.trials})
+                    self.study.set_user_attr(ATTR_ENDED, {"reason": "timeout", "budget": self.written_budget})
                 self._fill()
                 if not self.running:
                     break

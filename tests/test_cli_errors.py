@@ -48,6 +48,17 @@ CASES = [
     ("unknown executor", _set("executor.kind", "slurmm"), "executor.kind: unknown executor 'slurmm'"),
     ("bad storage url", _set("storage", "not a url"), "is not a database URL"),
     ("model cannot read the data", _set("model", {"kind": "cnn"}), "model.kind: cnn cannot read features"),
+    ("narrow on the first stage", _set("stages.0.narrow", {"top": 0.5}),
+     "stages.0.narrow: needs a previous stage to work from"),
+    ("narrow top out of range", _set("stages", [{"name": "a", "sampler": "random", "trials": 2},
+                                                {"name": "b", "sampler": "tpe", "trials": 2, "narrow": {"top": 1.5}}]),
+     "stages.1.narrow.top: must be a fraction in (0, 1] such as 0.25, or a count >= 1 such as 5, got 1.5"),
+    ("freeze names no parameter", _set("stages", [{"name": "a", "sampler": "random", "trials": 2},
+                                                  {"name": "b", "sampler": "tpe", "trials": 2, "freeze": ["lrr"]}]),
+     "stages.1.freeze.0: 'lrr' is not a parameter of space (did you mean 'lr'?)"),
+    ("negative timeout", _set("stages.0.timeout", -5), "stages.0.timeout: must be a number of seconds > 0"),
+    ("unknown pruner", _set("pruner", {"kind": "median", "n_startup": 3}), "pruner.n_startup: unknown key for pruner median"),
+    ("ray key on local", _set("executor.address", "auto"), "executor.address: is only for kind: ray"),
 ]
 
 
