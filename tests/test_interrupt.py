@@ -125,3 +125,27 @@ def test_a_trial_left_queued_or_ownerless_by_a_dead_run_is_not_lost(workdir: Pat
 def _dead_pid() -> int:
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(child.stdout)
+
+
+def test_a_worker_killed_under_its_trial_fails_it_and_the_trial_runs_once_more(workdir: Path) -> None:
+    path = _slow_study(workdir)
+    process = _start(path, workdir)
+    _wait_for_running(process)
+    deadline = time.monotonic() + 60
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        running = [t for t in optuna.load_study(study_name="cars/coarse", storage=STORAGE).get_trials()
+                   if t.state is TrialState.RUNNING and "worker_pid" in t.user_attrs]
+        victim = running[0] if running else None
+        time.sleep(0.2)
+    assert victim is not None, "no running trial recorded its worker"
+    os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+    _, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err  # the same run absorbs the loss and completes the budget
+    trials = optuna.load_study(study_name="cars/coarse", storage=STORAGE).get_trials()
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 6
+    lost = trials[victim.number]
+    assert lost.state is TrialState.FAIL and "worker process died" in lost.user_attrs["fail_reason"]
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].params == victim.params
+    assert retries[0].state is TrialState.COMPLETE
