@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -61,6 +62,11 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     except KeyboardInterrupt:
         stderr.write("hpsearch: interrupted; finished trials are saved, run the same command again to resume\n")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `hpsearch status ... | head`: the reader left; nothing is wrong with the study.
+        if stdout is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _configure_logging(debug: bool) -> None:
