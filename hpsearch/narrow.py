@@ -2,8 +2,9 @@
 
 Pure functions of a space and ranked parameter sets, with no Optuna in them, so they are tested on
 synthetic trials. Ranges shrink to the span of the top trials widened by a margin (in log space for
-``log`` parameters), never beyond the space as written and never to zero width; categoricals keep
-the choices the top trials used; ``freeze`` pins a parameter to the best trial's value.
+``log`` parameters), never beyond the space as written and never below a minimum width; categoricals
+keep the choices the top trials used; ``freeze`` pins a parameter to the best trial's value. A
+conditional parameter takes its top set from the trials in which it exists.
 """
 
 from __future__ import annotations
@@ -16,15 +17,22 @@ from typing import Any
 from hpsearch.space import CategoricalParam, Choice, Condition, FloatParam, IntParam, Param, Space, is_active
 
 Params = Mapping[str, Any]
-# Width, as a fraction of the original range, of the neighbourhood around a single good value
-# when margin is 0: a range must never collapse to a point the sampler cannot move in.
-_MIN_WIDTH = 0.05
+# The narrowest a range gets, as a fraction of its written width: top values that are (nearly)
+# equal must not collapse the range to a point the sampler cannot move in.
+MIN_WIDTH = 0.1
+
+
+def top_count(top: float, candidates: int) -> int:
+    """How many of ``candidates`` ranked trials form the top set: ``top`` is a fraction (float) or a count (int)."""
+    if isinstance(top, int):
+        return min(top, candidates)
+    return min(candidates, max(1, math.ceil(top * candidates)))
 
 
 def narrow_space(
     original: Space,
     ranked: Sequence[Params],
-    top: int,
+    top: float,
     margin: float | None,
     keep_min: int = 1,
     freeze: Sequence[str] = (),
@@ -34,15 +42,14 @@ def narrow_space(
     Args:
         original: the space as written in the study file; narrowed ranges never leave it.
         ranked: every complete trial's parameters, best first.
-        top: how many of ``ranked`` form the top set (at least 1).
-        margin: widen each range by this fraction of the top set's span; ``None`` leaves ranges and
-            choices as they are (only ``freeze`` applies).
+        top: the top set: a fraction (float) or a count (int) of the ranked trials that have the parameter.
+        margin: widen each range by this fraction of the top set's span, to at least ``MIN_WIDTH``
+            of the written range; ``None`` leaves ranges and choices as they are (only ``freeze`` applies).
         keep_min: categoricals keep at least this many choices, by the rank of their best trial.
         freeze: parameters pinned to their value in the best trial that has them.
     """
     if not ranked:
         raise ValueError("narrow_space needs at least one ranked trial")
-    best = ranked[: max(1, top)]
     kept: list[Param] = []
     for written in original:
         pruned = _prune_conditions(written, {p.name: p for p in kept})
@@ -52,9 +59,11 @@ def narrow_space(
         if param.name in freeze:
             param = _frozen(param, ranked)
         elif margin is not None:
-            values = [t[param.name] for t in best if param.name in t]
-            if values:  # a conditional parameter narrows from the top trials that have it
-                param = _narrowed(param, values, ranked, margin, keep_min)
+            # A conditional parameter ranks only the trials in which it exists: the top trials
+            # overall may hold one or none of them.
+            having = [t[param.name] for t in ranked if param.name in t]
+            if having:
+                param = _narrowed(param, having[: top_count(top, len(having))], ranked, margin, keep_min)
         kept.append(param)
     return tuple(kept)
 
@@ -97,14 +106,16 @@ def _narrowed(param: Param, values: Sequence[Any], ranked: Sequence[Params], mar
 
 
 def _span(param: FloatParam | IntParam, values: Sequence[float], margin: float) -> tuple[float, float]:
-    """The top values' span widened by ``margin``, clipped to the param's range, in its own units."""
+    """The top values' span widened by ``margin`` (to the minimum width), inside the param's range."""
     to, back = (math.log, math.exp) if param.log else (float, float)
     lo, hi = to(min(values)), to(max(values))
-    full = to(param.high) - to(param.low)
-    pad = margin * (hi - lo) if hi > lo else max(margin, _MIN_WIDTH) * full / 2
-    low = max(param.low, min(back(lo - pad), min(values)))  # exp(log(v)) may miss v by an ulp
-    high = min(param.high, max(back(hi + pad), max(values)))
-    return low, high
+    floor, ceiling = to(param.low), to(param.high)
+    pad = max(margin * (hi - lo), (MIN_WIDTH * (ceiling - floor) - (hi - lo)) / 2)
+    low, high = lo - pad, hi + pad
+    # At an edge of the written range, the width cut off there goes to the other side.
+    low, high = max(floor, low - max(0.0, high - ceiling)), min(ceiling, high + max(0.0, floor - low))
+    # exp(log(v)) may miss v by an ulp: the top values themselves always stay inside.
+    return max(param.low, min(back(low), min(values))), min(param.high, max(back(high), max(values)))
 
 
 def _snap(orig_low: float, orig_high: float, step: float, low: float, high: float) -> tuple[float, float]:

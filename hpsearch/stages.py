@@ -131,7 +131,7 @@ def stage_space(spec: StudySpec, index: int, storage: optuna.storages.BaseStorag
             raise StageFailedError(_too_few(spec, index, counts, needs))
         if stage.derived:
             top = stage.narrow.top_count(len(ranked)) if stage.narrow else 1
-            space = narrow_space(spec.space, [t.params for t in ranked], top,
+            space = narrow_space(spec.space, [t.params for t in ranked], stage.narrow.top if stage.narrow else 1,
                                  margin=stage.narrow.margin if stage.narrow else None,
                                  keep_min=stage.narrow.keep_min if stage.narrow else 1, freeze=stage.freeze)
             study.set_user_attr(ATTR_DERIVED, {"stage": previous.name, "complete": len(ranked), "top": top,

@@ -47,7 +47,8 @@ def test_linear_range_and_clipping_to_the_bounds_as_written() -> None:
     dropout = _one(_narrow((DROPOUT,), [{"dropout": 0.2}, {"dropout": 0.3}], top=2, margin=0.5), "dropout")
     assert math.isclose(dropout.low, 0.15) and math.isclose(dropout.high, 0.35)
     edge = _one(_narrow((DROPOUT,), [{"dropout": 0.45}, {"dropout": 0.5}], top=2, margin=2.0), "dropout")
-    assert math.isclose(edge.low, 0.35) and edge.high == 0.5  # 0.6 would leave the range as written
+    # 0.35..0.6 would leave the range as written: the 0.1 cut off at the top goes to the bottom
+    assert math.isclose(edge.low, 0.25) and edge.high == 0.5
 
 
 def test_int_with_step_stays_on_the_step_grid_and_widens_outwards() -> None:
@@ -57,12 +58,17 @@ def test_int_with_step_stays_on_the_step_grid_and_widens_outwards() -> None:
 
 
 @pytest.mark.parametrize("margin", [0.0, 0.1])
-def test_all_equal_or_single_values_keep_a_neighbourhood(margin: float) -> None:
-    same = [{"lr": 3e-3, "dropout": 0.25, "batch_size": 64}] * 3
-    space = _narrow((LR, DROPOUT, BATCH), same, top=3, margin=margin)
+@pytest.mark.parametrize("nudge", [0.0, 1e-4])
+def test_equal_or_nearly_equal_values_keep_a_tenth_of_the_range(margin: float, nudge: float) -> None:
+    ranked = [{"lr": 3e-3, "dropout": 0.25, "batch_size": 64},
+              {"lr": 3e-3 * (1 + nudge), "dropout": 0.25 + nudge, "batch_size": 64}]
+    space = _narrow((LR, DROPOUT, BATCH), ranked, top=2, margin=margin)
     for p in space:
-        value = same[0][p.name]
+        value = ranked[0][p.name]
         assert p.low < p.high and p.low <= value <= p.high, p
+    lr, dropout = _one(space, "lr"), _one(space, "dropout")
+    assert math.log10(lr.high / lr.low) == pytest.approx(0.5)  # a tenth of 5 decades
+    assert dropout.high - dropout.low == pytest.approx(0.05)
     assert _one(space, "batch_size").high - _one(space, "batch_size").low >= 16
 
 
@@ -82,24 +88,31 @@ def test_categoricals_keep_the_top_choices_and_keep_min_by_rank() -> None:
     assert _one(_narrow((OPT,), ranked, top=2, keep_min=4), "optimizer").choices == OPT.choices
 
 
-def test_conditional_parameters_narrow_from_the_trials_that_have_them() -> None:
+def test_conditional_parameters_take_their_top_set_from_the_trials_that_have_them() -> None:
     ranked = [
         {"optimizer": "adam"},
         {"optimizer": "momentum", "momentum": 0.9},
+        {"optimizer": "adam"},
         {"optimizer": "momentum", "momentum": 0.6},
+        {"optimizer": "momentum", "momentum": 0.55},
     ]
-    space = _narrow((OPT, MOMENTUM), ranked, top=2)
+    space = _narrow((OPT, MOMENTUM), ranked, top=0.5)
+    assert _one(space, "optimizer").choices == ("momentum", "adam")  # the best 3 trials overall
     momentum = _one(space, "momentum")
     assert momentum.when == (Condition("optimizer", ("momentum",)),)
-    assert 0.85 < momentum.low < 0.9 < momentum.high < 0.95  # from the one top trial that has it
+    # the best half of the 3 momentum trials (0.9 and 0.6), not the one momentum trial of the top 3
+    assert momentum.low == pytest.approx(0.57) and momentum.high == pytest.approx(0.93)
 
 
-def test_a_conditional_whose_parent_lost_its_choice_is_dropped_and_one_without_data_kept() -> None:
+def test_a_conditional_whose_parent_lost_its_choice_is_dropped() -> None:
     ranked = [{"optimizer": "adam"}, {"optimizer": "adam"}, {"optimizer": "momentum", "momentum": 0.9}]
     assert [p.name for p in _narrow((OPT, MOMENTUM), ranked, top=2)] == ["optimizer"]
-    # keep_min brings momentum back; no top trial has momentum, so its range stays as written
-    kept = _narrow((OPT, MOMENTUM), ranked, top=2, keep_min=2)
-    assert _one(kept, "momentum") == MOMENTUM
+    # keep_min brings momentum back, narrowed from the trials that have it
+    kept = _one(_narrow((OPT, MOMENTUM), ranked, top=2, keep_min=2), "momentum")
+    assert kept.low < 0.9 < kept.high and kept.high - kept.low == pytest.approx(0.1 * (0.99 - 0.5))
+    # no complete trial has it: its range stays as written
+    ranked = [{"optimizer": "adam"}, {"optimizer": "sgd"}]
+    assert _one(_narrow((OPT, MOMENTUM), ranked, top=1, keep_min=4), "momentum") == MOMENTUM
 
 
 def test_freeze_pins_the_best_value_and_margin_none_changes_nothing_else() -> None:
