@@ -4,7 +4,8 @@ Strategies (each over the same budget of finished trials, e.g. 60):
   random   one stage, random sampler
   tpe      one stage, TPE
   c2f      random on half the budget, then TPE on the rest in a space narrowed around the random
-           stage's best quarter (narrow: {top: 0.25, margin: 0.1})
+           stage's best quarter (narrow: {top: 0.25, margin: 0.1}; a conditional parameter such as momentum
+           around the best quarter of the trials that have it; no range below a tenth of its width as written)
   c2f-ws   the same, the fine stage starting with the coarse stage's best 5 configurations (warm_start: 5)
 Problems:
   bowl     analytic, smooth and unimodal over the MLP knobs: optimum 0 at lr 10^-2.5, weight_decay 1e-4,
@@ -24,7 +25,8 @@ how much re-running the warm-started configurations changed their value. Nothing
 Usage: python scripts/bench_search.py [--seeds 5] [--budget 60] [--only bowl,trap,cars93]
                                       [--strategies random,tpe,c2f,c2f-ws] [--epochs 40] [--patience 8]
                                       [--workers 2]
-The defaults take about 6-7 minutes on 2 CPU cores, nearly all of it cars93.
+The defaults take about 6-7 minutes on 2 otherwise idle CPU cores (about 9 when other work loads them),
+nearly all of it cars93.
 """
 
 from __future__ import annotations
