@@ -45,6 +45,10 @@ class StorageError(HpsearchError):
     """The storage URL is malformed or the database cannot be reached."""
 
 
+class ExecutorError(HpsearchError):
+    """The executor cannot run trials: Ray failed to start, its cluster cannot be reached, or no worker fits."""
+
+
 class StageFailedError(HpsearchError):
     """A stage stopped because too many of its trials failed."""
 

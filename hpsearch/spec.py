@@ -37,6 +37,7 @@ Direction = Literal["minimize", "maximize"]
 DIRECTIONS: tuple[Direction, ...] = ("minimize", "maximize")
 DEFAULT_MAX_FAILURES = 10
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_RAY_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
 # How many corner configurations of a space are checked against the training core before a run.
 _VALIDATION_CORNERS = 512
 
@@ -453,9 +454,7 @@ def _executor(raw: Any) -> ExecutorSpec:
         for key in RAY_ONLY_KEYS:
             if key in raw:
                 raise SpecError(f"executor.{key}", "is only for kind: ray")
-    address = raw.get("address")
-    if address is not None and (not isinstance(address, str) or not address.strip()):
-        raise SpecError("executor.address", f"must be null (start a local Ray), auto, or HOST:PORT of a Ray head, got {address!r}")
+    address = None if raw.get("address") is None else _ray_address(raw["address"])
     gpus = float(spec_number(raw.get("gpus_per_trial", 0), "executor.gpus_per_trial"))
     if gpus < 0 or (gpus > 1 and not gpus.is_integer()):
         raise SpecError("executor.gpus_per_trial", f"must be 0, a fraction of one GPU such as 0.25, or a whole number, got {gpus:g}")
@@ -465,5 +464,18 @@ def _executor(raw: Any) -> ExecutorSpec:
     dashboard = raw.get("dashboard", False)
     if not isinstance(dashboard, bool):
         raise SpecError("executor.dashboard", f"must be true or false, got {dashboard!r}")
+    if dashboard and address is not None:
+        raise SpecError("executor.dashboard", "starts the dashboard of the Ray that hpsearch starts (address: null); "
+                                              "a cluster's dashboard is its head's: ray start --head --include-dashboard=true")
     return ExecutorSpec(str(kind), workers, address, gpus, cpus, dashboard)
+
+
+def _ray_address(value: Any) -> str:
+    """``auto`` or ``HOST:PORT`` (an IPv6 host in brackets), as ``executor.address`` allows."""
+    text = value.strip() if isinstance(value, str) else ""
+    match = _RAY_ADDRESS.fullmatch(text)
+    if text != "auto" and (match is None or not 0 < int(match.group(2)) < 65536):
+        raise SpecError("executor.address", "must be null (hpsearch starts a local Ray), auto (the cluster this machine "
+                                            f"joined with ray start) or HOST:PORT of a Ray head such as 10.0.0.5:6379, got {value!r}")
+    return text
 

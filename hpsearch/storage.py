@@ -116,19 +116,23 @@ def quiet_heartbeat_warnings() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _exclusive(path: Path | None) -> Iterator[None]:
-    """Hold an exclusive flock on a SQLite file while Optuna creates or checks its tables.
+    """Hold an exclusive flock on a SQLite file's folder while Optuna creates or checks its tables.
 
-    flock is separate from SQLite's own (fcntl) locks, so it only orders hpsearch processes.
+    flock is separate from SQLite's own (fcntl) locks, so it only orders hpsearch processes. It is
+    taken on the folder, never the file: closing any descriptor of the database file drops every
+    fcntl lock this process holds on it, those of its open SQLite connections too; another process
+    could then take itself for the last one, checkpoint and delete the WAL under them, and they read
+    "database disk image is malformed".
     """
     if path is None or fcntl is None:
         yield
         return
-    with open(path, "rb") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # releases the flock
 
 
 def _prepare_sqlite(path: Path) -> None:

@@ -1,21 +1,41 @@
-"""The local executor: trials in worker processes, reports answered over pipes, dead workers replaced."""
+"""Every executor: trials in workers, reports answered in the caller's thread, dead workers replaced.
+
+The executor tests are a contract run over every registered executor (the Ray one on an embedded
+local Ray), so a new executor is tested the moment it is registered.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 import io
-import multiprocessing
 import os
+from pathlib import Path
 import signal
 import time
 
 import optuna
+import pytest
 
-from hpsearch.executors import LocalExecutor, TrialJob
+from hpsearch import executors
+from hpsearch.executors import Executor, TrialJob, make_executor
 from hpsearch.progress import ProgressListener
-from hpsearch.spec import parse_spec
+from hpsearch.spec import ExecutorSpec, parse_spec
 from hpsearch.train import TrainResult, build_train_config, parse_data_config
 from tests.helpers import CARS, base_study
+
+
+@pytest.fixture(params=executors.names())
+def make(request: pytest.FixtureRequest) -> Iterator[object]:
+    """A factory of executors of one registered kind; everything it made is closed afterwards."""
+    made: list[Executor] = []
+
+    def factory(workers: int) -> Executor:
+        made.append(make_executor(ExecutorSpec(kind=request.param, workers=workers)))
+        return made[-1]
+
+    yield factory
+    for executor in made:
+        executor.close()
 
 
 def _job(key: int, epochs: int) -> TrialJob:
@@ -38,9 +58,8 @@ class Recorder:
 
     def on_report(self, key: int, epoch: int, metrics: Mapping[str, float]) -> bool:
         self.reports.setdefault(key, []).append(epoch)
-        if self._kill:
-            for child in multiprocessing.active_children():
-                os.kill(child.pid, signal.SIGKILL)
+        if self._kill:  # the worker process training this trial, killed as the OOM killer would
+            os.kill(int(self.placements[key]["worker_pid"]), signal.SIGKILL)  # type: ignore[call-overload]
             self._kill = False
         return self._stop_after is not None and epoch >= self._stop_after
 
@@ -56,38 +75,77 @@ class Recorder:
         self.placements[key] = placement
 
 
-def _drain(executor: LocalExecutor, handler: Recorder, timeout: float = 120) -> None:
+def _drain(executor: Executor, handler: Recorder, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while executor.running() and time.monotonic() < deadline:
         executor.poll(handler, timeout=1.0)
     assert executor.running() == 0
 
 
-def test_two_workers_run_trials_and_answer_every_report() -> None:
+def test_two_workers_run_trials_and_answer_every_report(make) -> None:  # type: ignore[no-untyped-def]
     handler = Recorder(stop_after=2)
-    with LocalExecutor(2) as executor:
-        executor.submit(_job(0, epochs=5))
-        executor.submit(_job(1, epochs=5))
-        assert executor.free_slots() == 0
-        _drain(executor, handler)
+    executor = make(2)
+    assert executor.capacity == 2
+    executor.submit(_job(0, epochs=5))
+    executor.submit(_job(1, epochs=5))
+    assert executor.free_slots() == 0
+    _drain(executor, handler)
     assert set(handler.results) == {0, 1}
     for key in (0, 1):
         assert handler.reports[key] == [1, 2]  # stopped by the handler's answer after epoch 2
         assert handler.results[key].stop_reason.name == "PRUNED"
         assert handler.results[key].epochs_run == 2
         assert handler.placements[key]["worker_pid"] != os.getpid()  # placed in a worker process
+    assert handler.placements[0]["worker_pid"] != handler.placements[1]["worker_pid"]  # side by side
 
 
-def test_a_dead_worker_fails_its_trial_and_is_replaced() -> None:
+def test_a_dead_worker_fails_its_trial_and_is_replaced(make) -> None:  # type: ignore[no-untyped-def]
     handler = Recorder(kill_at_report=True)
-    with LocalExecutor(1) as executor:
-        executor.submit(_job(0, epochs=50))
-        _drain(executor, handler)
-        assert "worker process died" in handler.errors[0]
-        assert handler.lost == {0}  # not the trial's fault: the stage may retry it
-        executor.submit(_job(1, epochs=2))
-        _drain(executor, handler)
+    executor = make(1)
+    executor.submit(_job(0, epochs=50))
+    _drain(executor, handler)
+    assert "died" in handler.errors[0]
+    assert handler.lost == {0}  # not the trial's fault: the stage may retry it
+    executor.submit(_job(1, epochs=2))
+    _drain(executor, handler)
     assert handler.results[1].epochs_run == 2
+    assert handler.placements[1]["worker_pid"] != handler.placements[0]["worker_pid"]  # a new worker
+
+
+BOOM = """
+import torch
+
+
+class Boom(torch.nn.Module):
+    def __init__(self, n_features):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_features, 1)
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("boom in forward")
+        return self.linear(x)
+
+
+def build(inputs):
+    return Boom(inputs.n_features)
+"""
+
+
+def test_a_failing_trial_fails_alone_and_its_worker_goes_on(make, workdir: Path) -> None:  # type: ignore[no-untyped-def]
+    (workdir / "boom.py").write_text(BOOM)  # a user module in the run's directory, imported by the worker
+    handler = Recorder()
+    executor = make(1)
+    job = _job(0, epochs=2)
+    boom = build_train_config({"python": "boom:build"}, {"epochs": 2, "device": "cpu"}, task="regression",
+                              monitor="val_rmse", maximize=False, seed=0)
+    executor.submit(TrialJob(0, boom, job.data))
+    _drain(executor, handler)
+    assert handler.errors[0] == "RuntimeError: boom in forward" and not handler.lost  # its own fault: no retry
+    executor.submit(_job(1, epochs=2))
+    _drain(executor, handler)
+    assert handler.results[1].epochs_run == 2
+    assert handler.placements[1]["worker_pid"] == handler.placements[0]["worker_pid"]  # the same worker
 
 
 def test_progress_bar_on_a_terminal_and_lines_elsewhere() -> None:

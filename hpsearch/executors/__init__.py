@@ -16,7 +16,13 @@ def _local(spec: ExecutorSpec) -> Executor:
     return LocalExecutor(spec.workers)
 
 
-_REGISTRY: dict[str, Callable[[ExecutorSpec], Executor]] = {"local": _local}
+def _ray(spec: ExecutorSpec) -> Executor:
+    from hpsearch.executors.ray_executor import RayExecutor  # imports ray: only when a study asks for it
+
+    return RayExecutor(spec)
+
+
+_REGISTRY: dict[str, Callable[[ExecutorSpec], Executor]] = {"local": _local, "ray": _ray}
 
 
 def names() -> tuple[str, ...]:
