@@ -18,6 +18,7 @@ import yaml
 
 from hpsearch import executors, pruners, samplers
 from hpsearch.errors import ConfigError, SpecError, did_you_mean, one_of
+from hpsearch.narrow import top_count
 from hpsearch.pruners import PrunerSpec
 from hpsearch.space import CategoricalParam, Space, corner_configs, grid_configs, numeric_params, parse_space
 from hpsearch.train import DataConfig, build_train_config, knob_names, parse_data_config, reported_metrics
@@ -52,9 +53,7 @@ class NarrowSpec:
 
     def top_count(self, complete: int) -> int:
         """How many of ``complete`` trials form the top set."""
-        if isinstance(self.top, int):
-            return min(self.top, complete)
-        return min(complete, max(1, math.ceil(self.top * complete)))
+        return top_count(self.top, complete)
 
     def needs(self) -> int:
         """The fewest complete trials worth narrowing on: the count, or enough for the fraction to pick one."""

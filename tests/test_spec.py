@@ -8,7 +8,7 @@ import pytest
 
 from hpsearch.errors import SpecError
 from hpsearch.space import CategoricalParam, FloatParam
-from hpsearch.spec import apply_overrides, load_spec, parse_spec, parse_yaml
+from hpsearch.spec import NarrowSpec, apply_overrides, load_spec, parse_spec, parse_yaml
 from tests.helpers import base_study, write_study
 
 
@@ -16,8 +16,11 @@ def test_quickstart_study_parses() -> None:
     root = Path(__file__).resolve().parents[1]
     spec = load_spec(root / "studies" / "car_price.yaml")
     assert spec.name == "car-price"
-    assert [s.name for s in spec.stages] == ["coarse"]
-    assert spec.stages[0].trials == 30
+    assert [s.name for s in spec.stages] == ["coarse", "fine"]
+    assert [s.trials for s in spec.stages] == [20, 10]
+    fine = spec.stages[1]
+    assert fine.narrow == NarrowSpec(top=0.25, margin=0.1) and fine.warm_start == 3 and fine.derived
+    assert spec.pruner.kind == "median" and spec.pruner.options["startup_trials"] == 5
     assert spec.direction == "minimize"
     assert spec.executor.workers == 2
     momentum = next(p for p in spec.space if p.name == "momentum")
