@@ -139,7 +139,9 @@ def _prepare_sqlite(path: Path) -> None:
     """Create the file's folder and switch the database to WAL (a persistent, per-file setting)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(path, timeout=_SQLITE_TIMEOUT_S) as conn:
+        # One process at a time: SQLite may answer a concurrent switch to WAL with "database is
+        # locked" at once, without waiting out its busy timeout.
+        with _exclusive(path), sqlite3.connect(path, timeout=_SQLITE_TIMEOUT_S) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
         conn.close()
     except (OSError, sqlite3.Error) as exc:
