@@ -7,11 +7,16 @@ import os
 from pathlib import Path
 import subprocess
 import sys
+import time
 from typing import Any
 
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 import yaml
 
 from hpsearch.cli import main
+from hpsearch.errors import StorageError
+from hpsearch.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 CARS = ROOT / "studies" / "data" / "cars93.csv"
@@ -54,9 +59,59 @@ def cli(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def cli_process(*args: str, cwd: Path, timeout: float = 240, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m hpsearch`` as a separate process, as a user would."""
+def _process_env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("HPSEARCH_STORAGE", None)
-    return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=env, text=True,
+    return env
+
+
+def cli_process(*args: str, cwd: Path, timeout: float = 240, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m hpsearch`` as a separate process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=_process_env(), text=True,
                           capture_output=True, timeout=timeout, **kwargs)
+
+
+def start_run(path: Path, cwd: Path) -> subprocess.Popen[str]:
+    """Start ``hpsearch run PATH`` as a separate process and return at once (to signal or kill it)."""
+    return subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(path)], cwd=cwd, env=_process_env(),
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def running_trial(process: subprocess.Popen[str], study_name: str = "cars/coarse",
+                  storage: str = "sqlite:///runs/cars.db", timeout: float = 90) -> FrozenTrial:
+    """The first trial of ``study_name`` seen RUNNING on a worker (its placement recorded) while ``process`` runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"run ended early: {process.communicate()}")
+        try:
+            trials = optuna.load_study(study_name=study_name, storage=open_storage(storage, create=False)).get_trials()
+        except (StorageError, KeyError):  # the run has not created the database or the study yet
+            trials = []
+        running = [t for t in trials if t.state is TrialState.RUNNING and "worker_pid" in t.user_attrs]
+        if running:
+            return running[0]
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"no trial of {study_name} started running on a worker")
+
+
+# A user model that builds fine and fails in training (model: {python: boom:build}).
+BOOM_MODEL = """
+import torch
+
+
+class Boom(torch.nn.Module):
+    def __init__(self, n_features):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_features, 1)
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("boom in forward")
+        return self.linear(x)
+
+
+def build(inputs):
+    return Boom(inputs.n_features)
+"""

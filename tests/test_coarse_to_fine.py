@@ -14,8 +14,7 @@ from optuna.trial import TrialState
 from hpsearch.narrow import contains
 from hpsearch.space import parse_space
 from hpsearch.stages import ATTR_DERIVED, ATTR_SPACE, ATTR_WARM_START
-from tests.helpers import base_study, cli, write_study
-from tests.test_interrupt import _start
+from tests.helpers import base_study, cli, start_run, write_study
 
 STORAGE = "sqlite:///runs/cars.db"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -101,7 +100,7 @@ def test_killed_mid_stage_every_stage_ends_with_exactly_its_budget(workdir: Path
     study["train"] = {"epochs": 300, "patience": None, "device": "cpu"}  # seconds per trial
     study["space"]["batch_size"]["choices"] = [8]
     path = write_study(workdir, study)
-    process = _start(path, workdir)
+    process = start_run(path, workdir)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()

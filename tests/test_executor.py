@@ -21,7 +21,7 @@ from hpsearch.executors import Executor, TrialJob, make_executor
 from hpsearch.progress import ProgressListener
 from hpsearch.spec import ExecutorSpec, parse_spec
 from hpsearch.train import TrainResult, build_train_config, parse_data_config
-from tests.helpers import CARS, base_study
+from tests.helpers import BOOM_MODEL, CARS, base_study
 
 
 @pytest.fixture(params=executors.names())
@@ -112,28 +112,8 @@ def test_a_dead_worker_fails_its_trial_and_is_replaced(make) -> None:  # type: i
     assert handler.placements[1]["worker_pid"] != handler.placements[0]["worker_pid"]  # a new worker
 
 
-BOOM = """
-import torch
-
-
-class Boom(torch.nn.Module):
-    def __init__(self, n_features):
-        super().__init__()
-        self.linear = torch.nn.Linear(n_features, 1)
-
-    def forward(self, x):
-        if self.training:
-            raise RuntimeError("boom in forward")
-        return self.linear(x)
-
-
-def build(inputs):
-    return Boom(inputs.n_features)
-"""
-
-
 def test_a_failing_trial_fails_alone_and_its_worker_goes_on(make, workdir: Path) -> None:  # type: ignore[no-untyped-def]
-    (workdir / "boom.py").write_text(BOOM)  # a user module in the run's directory, imported by the worker
+    (workdir / "boom.py").write_text(BOOM_MODEL)  # a user module in the run's directory, imported by the worker
     handler = Recorder()
     executor = make(1)
     job = _job(0, epochs=2)

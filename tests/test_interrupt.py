@@ -8,13 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import optuna
 from optuna.trial import TrialState
 
 from hpsearch.storage import open_storage, quiet_heartbeat_warnings
-from tests.helpers import ROOT, base_study, cli_process, write_study
+from tests.helpers import base_study, cli_process, running_trial, start_run, write_study
 
 STORAGE = "sqlite:///runs/cars.db"
 
@@ -36,25 +35,6 @@ def _states() -> list[TrialState]:
         return []
 
 
-def _start(path: Path, workdir: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("HPSEARCH_STORAGE", None)
-    return subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(path)], cwd=workdir, env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _wait_for_running(process: subprocess.Popen[str], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"run ended early: {process.communicate()}")
-        if Path("runs/cars.db").exists() and TrialState.RUNNING in _states():
-            return
-        time.sleep(0.3)
-    process.kill()
-    raise AssertionError("no trial started running")
-
-
 def _resume_and_check(path: Path, workdir: Path) -> list[optuna.trial.FrozenTrial]:
     done = cli_process("run", str(path), "--set", "train.epochs=3", cwd=workdir)
     assert done.returncode == 0, done.stderr
@@ -67,8 +47,8 @@ def _resume_and_check(path: Path, workdir: Path) -> list[optuna.trial.FrozenTria
 
 def test_ctrl_c_fails_running_trials_and_the_run_resumes(workdir: Path) -> None:
     path = _slow_study(workdir)
-    process = _start(path, workdir)
-    _wait_for_running(process)
+    process = start_run(path, workdir)
+    running_trial(process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
@@ -82,8 +62,8 @@ def test_ctrl_c_fails_running_trials_and_the_run_resumes(workdir: Path) -> None:
 
 def test_sigterm_is_handled_like_ctrl_c(workdir: Path) -> None:
     path = _slow_study(workdir)
-    process = _start(path, workdir)
-    _wait_for_running(process)
+    process = start_run(path, workdir)
+    running_trial(process)
     process.terminate()
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
@@ -92,8 +72,8 @@ def test_sigterm_is_handled_like_ctrl_c(workdir: Path) -> None:
 
 def test_sigkill_leaves_running_trials_that_the_next_run_fails_then_completes(workdir: Path) -> None:
     path = _slow_study(workdir)
-    process = _start(path, workdir)
-    _wait_for_running(process)
+    process = start_run(path, workdir)
+    running_trial(process)
     process.kill()
     process.communicate(timeout=30)
     assert TrialState.RUNNING in _states()  # nobody could clean up after SIGKILL
@@ -129,16 +109,8 @@ def _dead_pid() -> int:
 
 def test_a_worker_killed_under_its_trial_fails_it_and_the_trial_runs_once_more(workdir: Path) -> None:
     path = _slow_study(workdir)
-    process = _start(path, workdir)
-    _wait_for_running(process)
-    deadline = time.monotonic() + 60
-    victim = None
-    while victim is None and time.monotonic() < deadline:
-        running = [t for t in optuna.load_study(study_name="cars/coarse", storage=STORAGE).get_trials()
-                   if t.state is TrialState.RUNNING and "worker_pid" in t.user_attrs]
-        victim = running[0] if running else None
-        time.sleep(0.2)
-    assert victim is not None, "no running trial recorded its worker"
+    process = start_run(path, workdir)
+    victim = running_trial(process)
     os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
     _, err = process.communicate(timeout=240)
     assert process.returncode == 0, err  # the same run absorbs the loss and completes the budget

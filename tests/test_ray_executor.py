@@ -28,7 +28,7 @@ import pytest
 from hpsearch.errors import SpecError
 from hpsearch.spec import parse_spec
 from hpsearch.storage import open_storage
-from tests.helpers import ROOT, base_study, cli, cli_process, write_study
+from tests.helpers import base_study, cli, cli_process, running_trial, start_run, write_study
 
 STORAGE = "sqlite:///runs/cars.db"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -53,28 +53,6 @@ def _trials(storage: str = STORAGE) -> list[FrozenTrial]:
         return optuna.load_study(study_name="cars/coarse", storage=open_storage(storage)).get_trials()
     except KeyError:  # the run has not created the study yet
         return []
-
-
-def _start(path: Path, workdir: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("HPSEARCH_STORAGE", None)
-    return subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(path)], cwd=workdir, env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _running_trial(process: subprocess.Popen[str], timeout: float = 90) -> FrozenTrial:
-    """The first trial seen RUNNING on a worker (its placement recorded) while ``process`` runs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"run ended early: {process.communicate()}")
-        if Path("runs/cars.db").exists():
-            running = [t for t in _trials() if t.state is TrialState.RUNNING and "worker_pid" in t.user_attrs]
-            if running:
-                return running[0]
-        time.sleep(0.2)
-    process.kill()
-    raise AssertionError("no trial started running on a Ray worker")
 
 
 def _free_port() -> int:
@@ -108,8 +86,8 @@ def test_an_embedded_ray_runs_the_study_records_every_curve_and_prunes(workdir: 
 
 def test_a_killed_worker_fails_its_trial_which_runs_again_and_the_stage_completes(workdir: Path) -> None:
     path = write_study(workdir, _slow_study(trials=3))
-    process = _start(path, workdir)
-    victim = _running_trial(process)
+    process = start_run(path, workdir)
+    victim = running_trial(process)
     os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
     _, err = process.communicate(timeout=180)
     assert process.returncode == 0, err
@@ -125,14 +103,14 @@ def test_a_killed_worker_fails_its_trial_which_runs_again_and_the_stage_complete
 
 def test_sigterm_stops_a_ray_run_cleanly_and_a_killed_run_resumes(workdir: Path) -> None:
     path = write_study(workdir, _slow_study(trials=3))
-    process = _start(path, workdir)
-    _running_trial(process)
+    process = start_run(path, workdir)
+    running_trial(process)
     process.terminate()  # ray.init installs its own SIGTERM handler; the CLI's must still be the one that runs
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "interrupted" in err and not [t for t in _trials() if t.state is TrialState.RUNNING]
-    process = _start(path, workdir)
-    _running_trial(process)
+    process = start_run(path, workdir)
+    running_trial(process)
     process.kill()  # its embedded Ray goes with it; nothing of it may stop the next run
     process.communicate(timeout=30)
     done = cli_process("run", str(path), "--set", "train.epochs=3", cwd=workdir)

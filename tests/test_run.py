@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 import pandas as pd
 import pytest
 
-from tests.helpers import base_study, cli, write_study
+from tests.helpers import BOOM_MODEL, base_study, cli, write_study
 
 STORAGE = "sqlite:///runs/cars.db"
 
@@ -132,28 +132,8 @@ def test_stages_run_in_order_as_separate_studies(workdir: Path) -> None:
     assert "fine" in out
 
 
-BOOM = """
-import torch
-
-
-class Boom(torch.nn.Module):
-    def __init__(self, n_features):
-        super().__init__()
-        self.linear = torch.nn.Linear(n_features, 1)
-
-    def forward(self, x):
-        if self.training:
-            raise RuntimeError("boom in forward")
-        return self.linear(x)
-
-
-def build(inputs):
-    return Boom(inputs.n_features)
-"""
-
-
 def test_failing_trials_stop_the_stage_with_the_last_reason(workdir: Path) -> None:
-    (workdir / "boom.py").write_text(BOOM)  # a user model that builds fine and fails in training
+    (workdir / "boom.py").write_text(BOOM_MODEL)  # a user model that builds fine and fails in training
     study = base_study(model={"python": "boom:build"}, executor={"kind": "local", "workers": 1})
     study["stages"][0].update(trials=5, max_failures=3)
     path = write_study(workdir, study)
