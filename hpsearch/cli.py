@@ -1,7 +1,8 @@
-"""Command line: ``hpsearch run|validate|status|best|export STUDY.yaml``.
+"""Command line: ``hpsearch run|validate|status|best|export|submit STUDY.yaml``.
 
 User errors become one line on stderr and exit status 2 (``--debug`` shows the traceback); a stage
-stopped by failing trials exits 1; an interrupted run exits 130 and resumes when run again.
+stopped by failing trials exits 1; a storage that cannot be reached or written exits 3; an
+interrupted run exits 130 and resumes when run again.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import threading
 from typing import Any, TextIO
 
 from hpsearch import __version__
-from hpsearch.errors import HpsearchError, StageFailedError
+from hpsearch.errors import HpsearchError, StageFailedError, StorageUnavailableError
 
 EXIT_USAGE = 2
 EXIT_STAGE_FAILED = 1
+EXIT_STORAGE = 3  # the storage stayed unreachable past its retries, or is full or read-only
 EXIT_INTERRUPTED = 130
 
 
@@ -40,6 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("best", parents=[common], help="the best trial as JSON")
     export = sub.add_parser("export", parents=[common], help="write one row per trial to a CSV or Parquet file")
     export.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
+    submit = sub.add_parser("submit", parents=[common], help="submit a SLURM job array whose tasks all run the study")
+    submit.add_argument("--slurm", action="store_true", help="submit to SLURM with sbatch (the only scheduler so far)")
+    # Values are checked by hpsearch.slurm, so a bad one is one line naming the option, like every other error.
+    submit.add_argument("--array", metavar="N", help="number of array tasks, each running hpsearch run")
+    submit.add_argument("--gpus-per-task", metavar="G", help="GPUs for each task")
+    submit.add_argument("--cpus-per-task", metavar="C", help="CPUs for each task")
+    submit.add_argument("--time", metavar="T", help="time limit of each task start, in sbatch's format (e.g. 2:00:00)")
+    submit.add_argument("--partition", metavar="P", help="SLURM partition")
+    submit.add_argument("--account", metavar="A", help="SLURM account")
+    submit.add_argument("--nodelist", metavar="HOST", help="run every task on this node (allows SQLite on its local disk)")
+    submit.add_argument("--dry-run", action="store_true", help="print the sbatch script without submitting it")
     return parser
 
 
@@ -54,6 +67,11 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             raise
         stderr.write(f"hpsearch: error: {exc}\n")
         return EXIT_STAGE_FAILED
+    except StorageUnavailableError as exc:
+        if args.debug:
+            raise
+        stderr.write(f"hpsearch: error: {exc}\n")
+        return EXIT_STORAGE
     except HpsearchError as exc:
         if args.debug:
             raise
@@ -89,7 +107,6 @@ def _storage(spec: Any, create: bool = False) -> Any:
 
 
 def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from hpsearch import results
     from hpsearch.preflight import preflight
     from hpsearch.progress import ProgressListener
     from hpsearch.stages import run_study
@@ -103,9 +120,19 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     with _stop_on_signals(stop):
         try:
             run_study(spec, storage, ProgressListener(stderr), stop)
-        finally:
-            stdout.write(results.format_status(results.status(spec, storage), spec.direction) + "\n")
+        except StorageUnavailableError:
+            raise  # no summary: reading it would fail too, and hide the line that says why
+        except BaseException:
+            _summary(spec, storage, stdout)
+            raise
+        _summary(spec, storage, stdout)
     return 0
+
+
+def _summary(spec: Any, storage: Any, stdout: TextIO) -> None:
+    from hpsearch import results
+
+    stdout.write(results.format_status(results.status(spec, storage), spec.direction) + "\n")
 
 
 @contextlib.contextmanager
@@ -148,6 +175,7 @@ def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     spaces = results.format_spaces(spec, rows)
     if spaces:
         stdout.write(spaces + "\n")
+    stdout.write(results.format_processes(results.live_processes(spec, storage)) + "\n")
     return 0
 
 
@@ -168,4 +196,29 @@ def _export(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "validate": _validate, "status": _status, "best": _best, "export": _export}
+def _submit(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from hpsearch import slurm
+    from hpsearch.preflight import preflight
+    from hpsearch.storage import resolve_url
+
+    if not args.slurm:
+        raise slurm.SlurmError("hpsearch submit needs a scheduler: add --slurm (the only one so far)")
+    if args.array is None:
+        raise slurm.SlurmError("--array N is required: the number of tasks that run the study together")
+    options = slurm.parse_options(array=args.array, gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task,
+                                  time=args.time, partition=args.partition, account=args.account,
+                                  nodelist=args.nodelist)
+    spec = _load(args)
+    preflight(spec)
+    slurm.check_overrides(args.overrides)
+    slurm.check_storage(resolve_url(spec.storage), options)
+    script = slurm.render_script(study=os.path.abspath(args.study), name=spec.name, overrides=args.overrides,
+                                 options=options, python=sys.executable, workdir=os.getcwd())
+    stdout.write(script)
+    if not args.dry_run:
+        stdout.write(f"submitted batch job {slurm.submit(script)}\n")
+    return 0
+
+
+_COMMANDS = {"run": _run, "validate": _validate, "status": _status, "best": _best, "export": _export,
+             "submit": _submit}

@@ -42,7 +42,14 @@ class DataError(HpsearchError):
 
 
 class StorageError(HpsearchError):
-    """The storage URL is malformed or the database cannot be reached."""
+    """The storage URL is malformed, its driver is missing, or the database refuses it."""
+
+
+class StorageUnavailableError(StorageError):
+    """The database cannot be reached or written: it stayed down past the retries, or is full or read-only.
+
+    The CLI exits with its own status (3); finished trials are kept and a later run resumes.
+    """
 
 
 class ExecutorError(HpsearchError):

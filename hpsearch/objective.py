@@ -14,6 +14,8 @@ import socket
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from hpsearch.spec import StudySpec
@@ -26,6 +28,9 @@ ATTR_MESSAGE = "message"
 ATTR_FAIL = "fail_reason"
 ATTR_HOST = "host"
 ATTR_PID = "pid"
+ATTR_LOST = "lost"  # failed through no fault of its own (worker or run gone): run once more
+ATTR_SLOT = "slot"  # the budget slot the trial fills (see hpsearch.coordination)
+ATTR_ATTEMPT = "attempt"  # how many trials of that slot failed before this one
 
 
 def owner_attrs() -> dict[str, Any]:
@@ -54,28 +59,31 @@ class TrialRecorder:
         return self.trial.number
 
     def start(self) -> None:
-        # The trial was queued with its owner; another run's ask() may have taken it from the queue.
-        if self.trial.user_attrs.get(ATTR_PID) != os.getpid():
-            for key, value in owner_attrs().items():
-                self.trial.set_user_attr(key, value)
         self.heartbeat()
 
     def heartbeat(self) -> None:
-        storage = self.study._storage  # Optuna's own optimize loop records heartbeats the same way
-        if isinstance(storage, optuna.storages.RDBStorage):
-            storage.record_heartbeat(self.trial._trial_id)
+        """Tell other runs this trial is alive; one silent for the grace period is failed by them."""
+        storage = self.study._storage  # Optuna wraps the RDBStorage; the wrapper records heartbeats too
+        if is_heartbeat_enabled(storage):
+            storage.record_heartbeat(self.trial._trial_id)  # type: ignore[attr-defined]
 
     def placed(self, placement: Mapping[str, Any]) -> None:
         """Record where the trial runs: ``worker_host``, ``worker_pid``, ``node_id``, ``gpus`` ..."""
-        for key, value in placement.items():
-            self.trial.set_user_attr(key, value)
+        try:
+            for key, value in placement.items():
+                self.trial.set_user_attr(key, value)
+        except UpdateFinishedTrialError:
+            pass  # another run failed it as abandoned (this run was suspended past the grace period)
 
     def report(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         """Record the monitored metric of an epoch; True when the pruner says stop."""
         value = metrics.get(self._metric)
         if value is None or not math.isfinite(value):
             return False
-        self.trial.report(float(value), epoch)
+        try:
+            self.trial.report(float(value), epoch)
+        except UpdateFinishedTrialError:
+            return True  # another run took this trial for abandoned and failed it: stop training it
         return self.trial.should_prune()
 
     def finish(self, result: TrainResult) -> TrialState:
@@ -91,15 +99,25 @@ class TrialRecorder:
             ATTR_REASON: result.stop_reason.name.lower(),
             ATTR_MESSAGE: result.message,
         }
-        for key, value in attrs.items():
-            self.trial.set_user_attr(key, value)
         value = result.best_metrics.get(self._metric)
-        if result.stop_reason is StopReason.PRUNED or value is None or not math.isfinite(value):
-            self.study.tell(self.trial, state=TrialState.PRUNED)
-            return TrialState.PRUNED
-        self.study.tell(self.trial, float(value))
-        return TrialState.COMPLETE
+        state = TrialState.PRUNED
+        if result.stop_reason is not StopReason.PRUNED and value is not None and math.isfinite(value):
+            state = TrialState.COMPLETE
+        try:
+            for key, value_ in attrs.items():
+                self.trial.set_user_attr(key, value_)
+        except UpdateFinishedTrialError:
+            return TrialState.FAIL  # another run failed it as abandoned; its slot runs again
+        told = self.study.tell(self.trial, float(value) if state is TrialState.COMPLETE else None,  # type: ignore[arg-type]
+                               state=state, skip_if_finished=True)
+        return told.state
 
-    def fail(self, reason: str) -> None:
-        self.trial.set_user_attr(ATTR_FAIL, reason)
-        self.study.tell(self.trial, state=TrialState.FAIL)
+    def fail(self, reason: str, lost: bool = False) -> None:
+        """Fail the trial with ``reason``; ``lost``: through no fault of its own, so its slot reruns it."""
+        try:
+            self.trial.set_user_attr(ATTR_FAIL, reason)
+            if lost:
+                self.trial.set_user_attr(ATTR_LOST, True)
+        except UpdateFinishedTrialError:
+            return  # another run failed it already
+        self.study.tell(self.trial, state=TrialState.FAIL, skip_if_finished=True)

@@ -59,6 +59,25 @@ class ProgressListener(RunListener):
         self._stream.write(f"stage {stage.name}: skipped, {reason}\n")
         self._stream.flush()
 
+    def on_waiting(self, stage: StageSpec, running: int) -> None:
+        self._note(f"{self._label}: nothing left to start here; waiting for {running} trial(s) of other runs to finish")
+
+    def on_abandoned(self, stage: StageSpec, trials: list[FrozenTrial]) -> None:
+        for trial in trials:
+            reason = str(trial.user_attrs.get("fail_reason", "")).splitlines()[:1]
+            self._note(f"{self._label} trial {trial.number} failed: {reason[0] if reason else 'abandoned'}; its slot runs again")
+
+    def on_study_done(self, spec: StudySpec, summary: str) -> None:
+        self._note(f"study {spec.name} is done ({summary}); nothing to run. "
+                   f"To run more, raise a stage's trials, e.g. --set stages.0.trials=N")
+
+    def _note(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line, file=self._stream)
+        else:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
     def on_stage_end(self, stage: StageSpec, study: optuna.Study) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -7,17 +7,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 import math
 from pathlib import Path
+import time
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 import pandas as pd
 
+from hpsearch.coordination import live_runs
 from hpsearch.errors import HpsearchError
+from hpsearch.objective import ATTR_HOST, ATTR_PID
 from hpsearch.space import Space, describe, parse_space
 from hpsearch.spec import StageSpec, StudySpec
 from hpsearch.stages import ATTR_ENDED, ATTR_SPACE, best_trial
-from hpsearch.storage import existing_study_names
+from hpsearch.storage import GRACE_S, existing_study_names
 
 EXPORT_SUFFIXES = (".csv", ".parquet")
 
@@ -57,6 +60,45 @@ def status(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[StageS
                                 Counter(t.state for t in trials), best_trial(study) if study else None,
                                 attrs.get(ATTR_SPACE), ended.get("reason") if isinstance(ended, dict) else None))
     return rows
+
+
+@dataclass(frozen=True)
+class LiveProcess:
+    """A process working on the study now: a registered run, or the owner of RUNNING trials."""
+
+    host: str
+    pid: int
+    stage: str
+    running: int  # its RUNNING trials
+    heartbeat_age_s: float | None  # since its last heartbeat; None: not a registered run (an older hpsearch)
+
+
+def live_processes(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[LiveProcess]:
+    """The runs working on ``spec`` now, with their RUNNING trials, registered runs first."""
+    running: Counter[tuple[str, int]] = Counter()
+    stage_of: dict[tuple[str, int], str] = {}
+    for stage, study in stage_studies(spec, storage):
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if study else []:
+            owner = (str(trial.user_attrs.get(ATTR_HOST, "?")), int(trial.user_attrs.get(ATTR_PID, -1)))
+            running[owner] += 1
+            stage_of[owner] = stage.name
+    now = time.time()
+    found = []
+    for run in live_runs(storage.engine, spec.name, GRACE_S):  # type: ignore[attr-defined]
+        owner = (run.host, run.pid)
+        found.append(LiveProcess(run.host, run.pid, run.stage or "-", running.pop(owner, 0), max(0.0, now - run.seen_at)))
+    found.extend(LiveProcess(host, pid, stage_of[(host, pid)], n, None) for (host, pid), n in sorted(running.items()))
+    return found
+
+
+def format_processes(processes: Sequence[LiveProcess]) -> str:
+    """A plain-text table of ``processes``; one line saying there are none when there are none."""
+    if not processes:
+        return "runs working on it now: none"
+    rows = [("host", "pid", "stage", "running", "last heartbeat")]
+    rows += [(p.host, str(p.pid), p.stage, str(p.running),
+              "-" if p.heartbeat_age_s is None else f"{p.heartbeat_age_s:.0f} s ago") for p in processes]
+    return "runs working on it now:\n" + _table(rows)
 
 
 def space_changes(original: Space, stored: Mapping[str, Any]) -> list[str]:
@@ -148,7 +190,12 @@ def format_status(rows: Sequence[StageStatus], direction: str) -> str:
             continue
         lines.append((r.stage.name, r.study_name, *(str(r.counts[s]) for s in
                       (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)), best, params))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    return _table(lines)
+
+
+def _table(lines: Sequence[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell; the last one is not padded."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=False)) + "  " + line[-1] for line in lines)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 import copy
 from dataclasses import dataclass, field
+import json
 import math
 from pathlib import Path
 import re
@@ -20,7 +21,16 @@ from hpsearch import executors, pruners, samplers
 from hpsearch.errors import ConfigError, SpecError, did_you_mean, one_of
 from hpsearch.narrow import top_count
 from hpsearch.pruners import PrunerSpec
-from hpsearch.space import CategoricalParam, Space, corner_configs, grid_configs, numeric_params, parse_space
+from hpsearch.space import (
+    CategoricalParam,
+    Space,
+    corner_configs,
+    grid_configs,
+    numeric_params,
+    parse_space,
+    space_to_raw,
+)
+from hpsearch.storage import MAX_NAME_LENGTH, MAX_TEXT_BYTES
 from hpsearch.train import DataConfig, build_train_config, knob_names, parse_data_config, reported_metrics
 from hpsearch.train.models import model_kind
 from hpsearch.values import spec_int, spec_keys, spec_number
@@ -206,8 +216,10 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     model = _mapping(raw.get("model", {"kind": "mlp"}), "model")
     train = _mapping(raw.get("train", {}), "train")
     space = parse_space(raw.get("space"))
+    _check_space_fits_storage(space)
     _check_space_against_core(space, model, train, data.task, metric, direction, seed)
     stages = _stages(raw, space)
+    _check_study_names_fit_storage(name, stages, "stages" in raw)
     executor = _executor(raw.get("executor", {}))
     pruner = _pruner(raw.get("pruner"), "pruner") or PrunerSpec()
     return StudySpec(name, storage, metric, direction, seed, data, model, train, space, stages, executor, pruner)
@@ -219,6 +231,32 @@ def _name(value: Any, path: str) -> str:
     if not isinstance(value, str) or not _NAME.match(value):
         raise SpecError(path, f"must be letters, digits, '.', '_' or '-' (starting with a letter or digit), got {value!r}")
     return value
+
+
+def _check_study_names_fit_storage(name: str, stages: Sequence[StageSpec], listed: bool) -> None:
+    """Stage studies are named NAME/STAGE; SQL servers refuse names longer than the storage's column.
+
+    Checked for every storage, SQLite too (it would accept them), so that a study file stays portable.
+    """
+    index, stage = max(enumerate(stages), key=lambda item: len(item[1].name))
+    full = len(name) + 1 + len(stage.name)
+    if full > MAX_NAME_LENGTH:
+        where = "name" if len(name) >= len(stage.name) or not listed else f"stages.{index}.name"
+        raise SpecError(where, f"the Optuna study of stage {stage.name[:20]!r} would be named NAME/STAGE, {full} characters; "
+                               f"the storage holds names of at most {MAX_NAME_LENGTH}: shorten name or the stage's name")
+
+
+def _check_space_fits_storage(space: Space) -> None:
+    """Parameter names and the space as stored with each stage must fit Optuna's SQL columns."""
+    for p in space:
+        if len(p.name) > MAX_NAME_LENGTH:
+            raise SpecError(f"space.{p.name[:20]}...", f"a parameter name of {len(p.name)} characters; "
+                                                      f"the storage holds names of at most {MAX_NAME_LENGTH}")
+    # Stored as a JSON string inside a JSON attribute: quotes are escaped, so this is the larger form.
+    stored = len(json.dumps(json.dumps(space_to_raw(space), sort_keys=True)).encode())
+    if stored > MAX_TEXT_BYTES:
+        raise SpecError("space", f"is {stored} bytes as stored with each stage; MySQL and MariaDB hold at most "
+                                 f"{MAX_TEXT_BYTES}: use fewer or shorter categorical choices")
 
 
 def _mapping(value: Any, path: str) -> dict[str, Any]:

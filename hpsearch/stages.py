@@ -1,12 +1,15 @@
 """Runs a study's stages in order, each an Optuna study filled up to its budget of finished trials.
 
-The orchestrating process alone asks, reports and tells; executors only train. A stage resumes where
-it stopped: finished trials are kept, trials left RUNNING by a run that is gone are failed first,
-and only the rest of the budget runs.
+Any number of ``hpsearch run`` processes may run one study at once, on any machines sharing its
+database: they behave as one run. A process starts a trial only after claiming one of the stage's
+budget slots in the database (see :mod:`hpsearch.coordination`), so each stage ends with exactly its
+budget of finished trials; a slot whose trial failed is claimed again. Each process asks, reports
+and tells for its own trials; executors only train.
 
 A stage with ``narrow`` or ``freeze`` searches a space derived from the previous stage's best
-trials. It is derived once, when the stage starts, and stored on the stage's study; later runs read
-it back, so a running stage never changes its space under the sampler.
+trials. It is derived once, when every trial of the previous stage has finished in every process,
+and stored on the stage's study; every process and every later run reads it back, so a running
+stage never changes its space under the sampler.
 """
 
 from __future__ import annotations
@@ -15,22 +18,24 @@ from collections import Counter
 from collections.abc import Mapping
 import dataclasses
 from dataclasses import dataclass
+from datetime import datetime
 import json
-import os
-import socket
 import threading
 import time
+from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import objective, pruners, samplers
-from hpsearch.errors import HpsearchError, SpecError, StageFailedError
+from hpsearch.coordination import Claim, Owner, RunRegistry, StageClaims, ensure_tables
+from hpsearch.errors import HpsearchError, SpecError, StageFailedError, StorageUnavailableError
 from hpsearch.executors import Executor, TrialJob, make_executor
 from hpsearch.narrow import contains, narrow_space
 from hpsearch.space import IntParam, Space, parse_space, space_to_raw, suggest
 from hpsearch.spec import StageSpec, StudySpec
-from hpsearch.storage import HEARTBEAT_S, quiet_heartbeat_warnings
+from hpsearch.storage import GRACE_S, HEARTBEAT_S, quiet_heartbeat_warnings
 from hpsearch.train import TrainResult
 from hpsearch.train.config import TrainConfig
 
@@ -38,7 +43,10 @@ from hpsearch.train.config import TrainConfig
 ATTR_SPACE = "space"  # the space the stage searches, in the study file's format
 ATTR_SPACE_AS_WRITTEN = "space_as_written"  # the study file's space when the stage started
 ATTR_DERIVED = "derived_from"  # how the space was derived: previous stage, trials used
+ATTR_WARM_STARTS = "warm_starts"  # [{"params", "of"}]: what the stage's first slots run
 ATTR_ENDED = "ended"  # why a stage ended before its budget ("timeout"), with the budget it had
+ATTR_BUDGET = "budget"  # finished trials the stage runs (a grid may hold fewer than written)
+ATTR_TRIALS = "trials"  # the stage's trials as the study file wrote them when the budget was set
 # Trial user attributes set by the stage runner.
 ATTR_RETRY_OF = "retry_of"  # the number of the lost trial this one repeats
 ATTR_WARM_START = "warm_start_of"  # "stage#number" of the previous stage's trial this one repeats
@@ -46,6 +54,9 @@ ATTR_WARM_START = "warm_start_of"  # "stage#number" of the previous stage's tria
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # How long the loop waits for trial events before it looks at the stop flag again.
 _POLL_S = 0.5
+# How often a run looks for slots freed by other runs, and for trials of runs that are gone.
+_RECLAIM_S = 2.0
+_REAP_S = 5.0
 
 
 class RunListener:
@@ -59,6 +70,15 @@ class RunListener:
 
     def on_stage_skipped(self, stage: StageSpec, reason: str) -> None: ...
 
+    def on_waiting(self, stage: StageSpec, running: int) -> None:
+        """This run has nothing left to start in ``stage`` while other runs still run ``running`` trials."""
+
+    def on_abandoned(self, stage: StageSpec, trials: list[FrozenTrial]) -> None:
+        """These trials of runs that are gone were failed; their slots run again."""
+
+    def on_study_done(self, spec: StudySpec, summary: str) -> None:
+        """Every stage had finished its budget before this run started."""
+
 
 @dataclass
 class _Failure:
@@ -70,6 +90,7 @@ def run_study(spec: StudySpec, storage: optuna.storages.BaseStorage, listener: R
               stop: threading.Event | None = None, executor: Executor | None = None) -> None:
     """Run every stage of ``spec`` in order, on ``executor`` (default: the one the study file names).
 
+    Other processes may run the same study at the same time; together they run each stage's budget.
     Setting ``stop`` (a signal handler does) fails the running trials as interrupted and raises
     KeyboardInterrupt between two storage writes, never in the middle of one.
 
@@ -78,9 +99,49 @@ def run_study(spec: StudySpec, storage: optuna.storages.BaseStorage, listener: R
     """
     listener = listener or RunListener()
     stop = stop or threading.Event()
-    with executor or make_executor(spec.executor) as running_on:
-        for index, stage in enumerate(spec.stages):
-            StageRun(spec, stage, index, storage, running_on, listener, stop).run()
+    done = study_done(spec, storage)
+    if done is not None:
+        listener.on_study_done(spec, done)  # nothing to run: and nothing written (the file may be read-only)
+        return
+    engine, retry = storage.engine, storage.call_with_retries  # type: ignore[attr-defined]
+    retry("create hpsearch's tables", ensure_tables, engine)
+    owner = Owner.this_process()
+    registry = RunRegistry(engine, spec.name, owner, retry)
+    registry.start()
+    try:
+        with executor or make_executor(spec.executor) as running_on:
+            for index, stage in enumerate(spec.stages):
+                StageRun(spec, stage, index, storage, running_on, listener, stop, registry, owner).run()
+    finally:
+        registry.end()
+
+
+def study_done(spec: StudySpec, storage: optuna.storages.BaseStorage) -> str | None:
+    """``"coarse 20/20, fine 10/10"`` when every stage has finished its budget and runs nothing; else ``None``.
+
+    Reads only: a study that is done must not need a writable database.
+    """
+    names = {s.study_name: s._study_id for s in storage.get_all_studies()}
+    written = json.dumps(space_to_raw(spec.space), sort_keys=True)
+    parts = []
+    for stage in spec.stages:
+        study_id = names.get(spec.study_name(stage))
+        if study_id is None:
+            return None
+        attrs = storage.get_study_user_attrs(study_id)
+        if attrs.get(ATTR_TRIALS) != stage.trials or storage.get_n_trials(study_id, TrialState.RUNNING):
+            return None
+        if attrs.get(ATTR_SPACE_AS_WRITTEN) != written:
+            return None  # a changed study file: the run says what is wrong
+        finished = storage.get_n_trials(study_id, FINISHED)
+        ended = attrs.get(ATTR_ENDED)
+        if isinstance(ended, dict) and ended.get("budget") == stage.trials:
+            parts.append(f"{stage.name} {finished}/{attrs.get(ATTR_BUDGET)} (ended by its timeout)")
+            continue
+        if finished < attrs.get(ATTR_BUDGET, stage.trials):
+            return None
+        parts.append(f"{stage.name} {finished}/{attrs.get(ATTR_BUDGET)}")
+    return ", ".join(parts)
 
 
 def open_stage_study(spec: StudySpec, stage: StageSpec, storage: optuna.storages.BaseStorage,
@@ -107,6 +168,9 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
 def stage_space(spec: StudySpec, index: int, storage: optuna.storages.BaseStorage, study: optuna.Study) -> Space:
     """The space stage ``index`` searches: stored on its study, or derived now and stored.
 
+    Runs racing to derive it compute the same space and warm starts (the previous stage is over
+    and ranked deterministically), so whichever writes last writes what the first wrote.
+
     Raises:
         SpecError: the study file's space changed since the stage started.
         StageFailedError: the previous stage has too few complete trials to derive from.
@@ -123,11 +187,11 @@ def stage_space(spec: StudySpec, index: int, storage: optuna.storages.BaseStorag
     space = spec.space
     if stage.derived or stage.warm_start:
         previous = spec.stages[index - 1]
-        before = optuna.load_study(study_name=spec.study_name(previous), storage=storage)
-        ranked = ranked_trials(before)
+        before_study = optuna.load_study(study_name=spec.study_name(previous), storage=storage)
+        ranked = ranked_trials(before_study)
         needs = stage.narrow.needs() if stage.narrow else 1
         if len(ranked) < needs:
-            counts = Counter(t.state for t in before.get_trials(deepcopy=False))
+            counts = Counter(t.state for t in before_study.get_trials(deepcopy=False))
             raise StageFailedError(_too_few(spec, index, counts, needs))
         if stage.derived:
             top = stage.narrow.top_count(len(ranked)) if stage.narrow else 1
@@ -136,7 +200,7 @@ def stage_space(spec: StudySpec, index: int, storage: optuna.storages.BaseStorag
                                  keep_min=stage.narrow.keep_min if stage.narrow else 1, freeze=stage.freeze)
             study.set_user_attr(ATTR_DERIVED, {"stage": previous.name, "complete": len(ranked), "top": top,
                                                "trials": [t.number for t in ranked[:top]]})
-        _enqueue_warm_start(study, previous, ranked, space, min(stage.warm_start, stage.trials))
+        study.set_user_attr(ATTR_WARM_STARTS, warm_starts(previous, ranked, space, min(stage.warm_start, stage.trials)))
     study.set_user_attr(ATTR_SPACE_AS_WRITTEN, written)
     study.set_user_attr(ATTR_SPACE, space_to_raw(space))  # set last: the stage's space is now fixed
     return space
@@ -150,18 +214,15 @@ def _too_few(spec: StudySpec, index: int, counts: Counter[TrialState], needs: in
             f"needs at least {needs}; raise stages.{index - 1}.trials or loosen stages.{index}")
 
 
-def _enqueue_warm_start(study: optuna.Study, previous: StageSpec, ranked: list[FrozenTrial], space: Space, count: int) -> None:
-    """Queue the previous stage's best ``count`` configurations that lie inside ``space``, best first."""
-    if count <= 0 or study.get_trials(deepcopy=False):
-        return  # queued already by an earlier run of this stage (it then had trials)
-    seen: list[dict[str, object]] = []
+def warm_starts(previous: StageSpec, ranked: list[FrozenTrial], space: Space, count: int) -> list[dict[str, Any]]:
+    """The previous stage's best ``count`` distinct configurations inside ``space``, best first."""
+    chosen: list[dict[str, Any]] = []
     for trial in ranked:
-        if len(seen) >= count:
+        if len(chosen) >= count:
             break
-        if contains(space, trial.params) and trial.params not in seen:
-            seen.append(dict(trial.params))
-            study.enqueue_trial(trial.params, user_attrs={**objective.owner_attrs(),
-                                                          ATTR_WARM_START: f"{previous.name}#{trial.number}"})
+        if contains(space, trial.params) and all(trial.params != c["params"] for c in chosen):
+            chosen.append({"params": dict(trial.params), "of": f"{previous.name}#{trial.number}"})
+    return chosen
 
 
 def max_epochs(spec: StudySpec) -> int:
@@ -171,104 +232,184 @@ def max_epochs(spec: StudySpec) -> int:
 
 
 class StageRun:
-    """One stage's run: keeps ``executor`` busy until the budget is met, handling its trials' events."""
+    """This process's share of one stage: claims slots and keeps ``executor`` busy until the stage is over.
+
+    The stage is over when every slot holds a finished trial (or its timeout ended it) and no process
+    runs any trial of it any more; until then a process with nothing to start waits, fails the trials
+    of runs that are gone, and claims the slots they free.
+    """
 
     def __init__(self, spec: StudySpec, stage: StageSpec, index: int, storage: optuna.storages.BaseStorage,
-                 executor: Executor, listener: RunListener, stop: threading.Event) -> None:
+                 executor: Executor, listener: RunListener, stop: threading.Event,
+                 registry: RunRegistry, owner: Owner) -> None:
         self.spec, self.stage, self.executor, self.listener, self.stop = spec, stage, executor, listener, stop
-        self.written_budget = stage.trials
-        study = open_stage_study(spec, stage, storage)
-        fail_abandoned(study)
-        ended = study.user_attrs.get(ATTR_ENDED)
-        # A stage that ran out of time is over, unless its budget was raised since.
-        self.skip = isinstance(ended, dict) and ended.get("budget") == stage.trials
-        self.space = spec.space if self.skip else stage_space(spec, index, storage, study)
-        # Seeded by the history too: a resumed run must not replay the draws of the first one.
-        seed = spec.seed + 1_000_003 * index + len(study.get_trials(deepcopy=False))
-        self.plan = samplers.make_plan(stage.sampler, self.space, stage.grid, seed)
-        if self.plan.configs is not None and len(self.plan.configs) < stage.trials:
-            # A grid over a narrowed space can hold fewer points than the grid as written.
-            self.stage = stage = dataclasses.replace(stage, trials=len(self.plan.configs))
+        self.registry = registry
         pruner = pruners.make_pruner(spec.stage_pruner(stage), max_epochs(spec))
-        self.study = open_stage_study(spec, stage, storage, self.plan.sampler, pruner)
+        self.study = open_stage_study(spec, stage, storage, pruner=pruner)
+        self.claims = StageClaims(storage.engine, self.study._study_id, owner, GRACE_S,  # type: ignore[attr-defined]
+                                  storage.call_with_retries)  # type: ignore[attr-defined]
+        self.claims.adopt()
+        self._ended = self._ended_now()
+        self.space = spec.space if self._ended else stage_space(spec, index, storage, self.study)
+        self.plan = samplers.make_plan(stage.sampler, self.space, stage.grid, spec.seed + 1_000_003 * index)
+        warm = self.study.user_attrs.get(ATTR_WARM_STARTS) or []
+        self.warm: list[str] = [w["of"] for w in warm]
+        # What slot n runs: warm starts first, then (grid) the grid points not among them.
+        self.planned: list[dict[str, Any]] = [w["params"] for w in warm]
+        if self.plan.configs is not None:
+            self.planned += [c for c in self.plan.configs if c not in self.planned]
+        self.budget = stage.trials if self.plan.configs is None else min(stage.trials, len(self.planned))
+        self.shown = dataclasses.replace(stage, trials=self.budget)  # the stage as progress output shows it
         for key, value in {"hpsearch_stage": stage.name, "stage_index": index, "sampler": stage.sampler,
-                           "pruner": spec.stage_pruner(stage).kind, "metric": spec.metric, "budget": stage.trials}.items():
+                           "pruner": spec.stage_pruner(stage).kind, "metric": spec.metric,
+                           ATTR_BUDGET: self.budget, ATTR_TRIALS: stage.trials}.items():
             if self.study.user_attrs.get(key) != value:
                 self.study.set_user_attr(key, value)
         self.running: dict[int, objective.TrialRecorder] = {}
         self.failures = _Failure()
         self._may_ask = True
         self._deadline = None if stage.timeout is None else time.monotonic() + stage.timeout
+        self._waiting = False
 
     def run(self) -> None:
-        if self.skip:
+        if self._ended:
             self.listener.on_stage_skipped(self.stage, f"ended by its timeout ({self.stage.timeout:g} s) in an earlier run")
-            return
-        counts = self._counts()
-        self.listener.on_stage_start(self.spec, self.stage, self.study, counts[TrialState.COMPLETE] + counts[TrialState.PRUNED])
-        last_beat = time.monotonic()
+        self.listener.on_stage_start(self.spec, self.shown, self.study, self.claims.finished(self.budget))
+        self.registry.beat(self.stage.name)
+        self._reap()
+        now = time.monotonic()
+        last_beat = last_check = last_reap = now
         try:
             while True:
                 if self.stop.is_set():
                     raise KeyboardInterrupt
                 if self._deadline is not None and time.monotonic() > self._deadline:
                     self._deadline = None  # no new trial starts; running ones finish
-                    self.study.set_user_attr(ATTR_ENDED, {"reason": "timeout", "budget": self.written_budget})
+                    self._ended = True
+                    self.study.set_user_attr(ATTR_ENDED, {"reason": "timeout", "budget": self.stage.trials})
                 self._fill()
-                if not self.running:
+                if not self.running and self._over():
                     break
-                self.executor.poll(self, timeout=_POLL_S)
-                if time.monotonic() - last_beat > HEARTBEAT_S / 2:
+                if self.running:
+                    self.executor.poll(self, timeout=_POLL_S)
+                else:
+                    self._wait()
+                now = time.monotonic()
+                if now - last_beat > HEARTBEAT_S / 2:
                     for recorder in self.running.values():
                         recorder.heartbeat()
-                    last_beat = time.monotonic()
+                    self.registry.beat()
+                    last_beat = now
+                if now - last_check > _RECLAIM_S:
+                    # Other runs may have freed slots (a failed trial) or ended the stage (its timeout).
+                    self._may_ask, self._ended, last_check = True, self._ended or self._ended_now(), now
+                if now - last_reap > _REAP_S:
+                    self._reap()
+                    last_reap = now
         except BaseException:
-            # Interrupted (Ctrl-C, SIGTERM) or broken: no trial of ours may stay RUNNING.
+            # Interrupted (Ctrl-C, SIGTERM) or broken: no trial of ours may stay RUNNING. Lost, not
+            # failed: whichever run claims their slots next runs them again.
             self.executor.close()
             for recorder in self.running.values():
-                recorder.fail("interrupted: the run was stopped before this trial finished")
+                try:
+                    recorder.fail("interrupted: the run was stopped before this trial finished", lost=True)
+                except StorageUnavailableError:
+                    pass  # the storage is gone: the next run, or another one, fails it as abandoned
             self.running.clear()
             raise
-        self.listener.on_stage_end(self.stage, self.study)
+        self.listener.on_stage_end(self.shown, self.study)
         if self.failures.count >= self.stage.max_failures:
             raise StageFailedError(
                 f"stage {self.stage.name} stopped after {self.failures.count} failed trials "
                 f"(max_failures={self.stage.max_failures}); last failure: {self.failures.last}"
             )
 
-    def _counts(self) -> Counter[TrialState]:
-        return Counter(t.state for t in self.study.get_trials(deepcopy=False))
+    def _over(self) -> bool:
+        """Nothing of ours runs: is the stage over for this process?"""
+        if self.failures.count >= self.stage.max_failures:
+            return True  # this run gives up on the stage; others may go on
+        if self.study._storage.get_n_trials(self.study._study_id, TrialState.RUNNING):
+            return False  # other runs' trials: the next stage must wait for their results
+        return self._ended or self.claims.finished(self.budget) >= self.budget
 
-    def _left(self) -> int:
-        counts = self._counts()
-        left = self.stage.trials - counts[TrialState.COMPLETE] - counts[TrialState.PRUNED] - counts[TrialState.RUNNING]
-        planned = self.plan.remaining(self.study)
-        return left if planned is None else min(left, planned)
+    def _wait(self) -> None:
+        if not self._waiting:
+            running = self.study._storage.get_n_trials(self.study._study_id, TrialState.RUNNING)
+            if running:  # else another run is creating its trial: a moment, not worth a line
+                self._waiting = True
+                self.listener.on_waiting(self.shown, running)
+        self.stop.wait(_POLL_S)
+
+    def _ended_now(self) -> bool:
+        ended = self.study.user_attrs.get(ATTR_ENDED)
+        # A stage that ran out of time is over, unless its budget was raised since.
+        return isinstance(ended, dict) and ended.get("budget") == self.stage.trials
+
+    def _reap(self) -> None:
+        failed = fail_abandoned(self.study)
+        if failed:
+            self._may_ask = True
+            self.listener.on_abandoned(self.shown, failed)
 
     def _fill(self) -> None:
-        # The budget is looked up again only after a trial ended: the loop comes here twice a second.
-        timed_out = self.stage.timeout is not None and self._deadline is None
-        while self._may_ask and not timed_out and self.executor.free_slots() > 0:
-            if self.failures.count >= self.stage.max_failures or self._left() <= 0:
+        while self._may_ask and self.executor.free_slots() > 0:
+            if self.failures.count >= self.stage.max_failures or self._ended:
                 self._may_ask = False
                 return
-            # Queued with its owner, a trial is never RUNNING without one, even if this process
-            # is killed right after ask(): a later run can always tell it was abandoned. A trial
-            # still queued (its run died between the two calls) is taken first.
-            if not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                self.study.enqueue_trial(self.plan.next_params(self.study), user_attrs=objective.owner_attrs())
-            with quiet_heartbeat_warnings():
-                trial = self.study.ask()
-            recorder = objective.TrialRecorder(self.study, trial, self.spec.metric)
-            recorder.start()
+            claim = self.claims.take(self.budget)
+            if claim is None:
+                self._may_ask = False  # every slot is held: look again when a trial ends, or in a while
+                return
+            recorder = self._start(claim)
             try:
-                params = suggest(trial, self.space)
-                config = objective.trial_config(self.spec, params, trial.number)
+                params = suggest(recorder.trial, self.space)
+                config = objective.trial_config(self.spec, params, recorder.number)
             except HpsearchError as exc:
-                self._failed(trial.number, str(exc), "", recorder)
+                self._failed(recorder.number, str(exc), "", recorder)
                 continue
-            self.running[trial.number] = recorder
-            self.executor.submit(TrialJob(trial.number, config, self.spec.data, params))
+            self.running[recorder.number] = recorder
+            self._waiting = False
+            self.executor.submit(TrialJob(recorder.number, config, self.spec.data, params))
+
+    def _start(self, claim: Claim) -> objective.TrialRecorder:
+        """Create the trial that fills ``claim``, RUNNING and owned by this process from its first write.
+
+        A free draw takes a trial queued with Optuna's ``enqueue_trial`` first, if there is one.
+        """
+        fixed, attrs = self._assignment(claim)
+        storage = self.study._storage
+        attrs = {**objective.owner_attrs(), objective.ATTR_SLOT: claim.slot, objective.ATTR_ATTEMPT: claim.attempt, **attrs}
+        trial_id = None if fixed else self.study._pop_waiting_trial_id()  # atomic: WAITING -> RUNNING once
+        if trial_id is None:
+            template = FrozenTrial(
+                number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
+                params={}, distributions={}, intermediate_values={}, trial_id=0, user_attrs=attrs,
+                system_attrs={"fixed_params": fixed} if fixed else {},
+            )
+            trial_id = storage.create_new_trial(self.study._study_id, template)
+        else:
+            for key, value in attrs.items():
+                storage.set_trial_user_attr(trial_id, key, value)
+        self.claims.bind(claim, trial_id)
+        # Seeded by the trial's number: no two runs (or a run and its resumption) draw alike.
+        self.study.sampler = self.plan.sampler_for(storage.get_trial_number_from_id(trial_id))
+        self.study._thread_local.cached_all_trials = None  # as Study.ask does: samplers must see fresh trials
+        recorder = objective.TrialRecorder(self.study, optuna.Trial(self.study, trial_id), self.spec.metric)
+        recorder.start()
+        return recorder
+
+    def _assignment(self, claim: Claim) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The fixed parameters and extra attributes of the trial that fills ``claim``."""
+        if claim.previous is not None:
+            before = self.study._storage.get_trial(claim.previous)
+            if before.user_attrs.get(objective.ATTR_LOST) and ATTR_RETRY_OF not in before.user_attrs:
+                # It did nothing wrong (its worker or its run died): run it once more.
+                return dict(before.params), {ATTR_RETRY_OF: before.number}
+        planned = claim.slot < len(self.planned) and (claim.attempt == 0 or self.plan.configs is not None)
+        if not planned:
+            return {}, {}
+        attrs = {ATTR_WARM_START: self.warm[claim.slot]} if claim.slot < len(self.warm) else {}
+        return dict(self.planned[claim.slot]), attrs
 
     # TrialHandler: called by the executor in this thread.
     def on_start(self, key: int, placement: Mapping[str, object]) -> None:
@@ -282,14 +423,11 @@ class StageRun:
         self._trial_ended(key)
 
     def on_error(self, key: int, message: str, detail: str, lost: bool = False) -> None:
-        recorder = self.running.pop(key)
-        self._failed(key, message, detail, recorder)
-        if lost and ATTR_RETRY_OF not in recorder.trial.user_attrs:
-            # The trial did nothing wrong (its worker was killed, its node lost): run it once more.
-            self.study.enqueue_trial(recorder.trial.params, user_attrs={**objective.owner_attrs(), ATTR_RETRY_OF: key})
+        self._failed(key, message, detail, self.running.pop(key), lost)
 
-    def _failed(self, key: int, message: str, detail: str, recorder: objective.TrialRecorder) -> None:
-        recorder.fail(message if not detail else f"{message}\n{detail}")
+    def _failed(self, key: int, message: str, detail: str, recorder: objective.TrialRecorder, lost: bool = False) -> None:
+        # A lost trial did nothing wrong (its worker was killed, its node lost): its slot runs it again.
+        recorder.fail(message if not detail else f"{message}\n{detail}", lost=lost)
         self.failures.count += 1
         self.failures.last = (message.strip().splitlines() or ["(no message)"])[0]  # the CLI prints one line
         self._trial_ended(key)
@@ -299,7 +437,7 @@ class StageRun:
         trials = self.study.get_trials(deepcopy=False)
         done = sum(t.state in FINISHED for t in trials)
         best = best_trial(self.study)
-        self.listener.on_trial_end(self.stage, next(t for t in trials if t.number == key), done, best)
+        self.listener.on_trial_end(self.shown, next(t for t in trials if t.number == key), done, best)
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -310,36 +448,34 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
-def fail_abandoned(study: optuna.Study) -> list[int]:
-    """Fail RUNNING trials whose run is gone: its process is dead here, or its heartbeat went silent.
+def fail_abandoned(study: optuna.Study) -> list[FrozenTrial]:
+    """Fail RUNNING trials whose run is gone: its process is dead on this host, or its heartbeat went silent.
 
-    Returns the numbers of the trials it failed.
+    They are marked lost, so the runs that claim their slots run them again. Returns the trials it failed.
     """
+    storage = study._storage
     with quiet_heartbeat_warnings():
-        optuna.storages.fail_stale_trials(study)
-    host = socket.gethostname()
+        stale = set(storage._get_stale_trial_ids(study._study_id)) if is_heartbeat_enabled(storage) else set()  # type: ignore[attr-defined]
+    me = Owner.this_process()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if attrs.get(objective.ATTR_HOST) == host and not _alive(attrs.get(objective.ATTR_PID)):
-            study._storage.set_trial_user_attr(  # the trial belongs to no live process: fail it here
-                trial._trial_id, objective.ATTR_FAIL, "abandoned: the run that started it ended before it finished"
-            )
-            try:
-                study.tell(trial.number, state=TrialState.FAIL)
-                failed.append(trial.number)
-            except (ValueError, RuntimeError):
-                pass  # another process finished it in the meantime
+        owner = Owner(str(trial.user_attrs.get(objective.ATTR_HOST)), trial.user_attrs.get(objective.ATTR_PID, -1))
+        if owner == me:
+            continue  # ours, and we are alive
+        if owner.is_alive_here() is False:
+            why = f"abandoned: its run (pid {owner.pid} on {owner.host}) ended before it finished"
+        elif trial._trial_id in stale:
+            why = f"abandoned: its run (pid {owner.pid} on {owner.host}) sent no heartbeat for {GRACE_S} s"
+        else:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, objective.ATTR_FAIL, why)
+            storage.set_trial_user_attr(trial._trial_id, objective.ATTR_LOST, True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished, or another run failed it, in the meantime
+        try:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        failed.append(storage.get_trial(trial._trial_id))
     return failed
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

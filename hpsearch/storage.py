@@ -1,26 +1,43 @@
-"""Storage URLs: which database a study lives in, how it is opened, and how it is shown.
+"""Storage: which database a study lives in, how it is opened and shown, and how its faults are met.
 
 SQLite is the default. Trials are written by one process (the orchestrator), so SQLite sees a
 single writer; WAL mode and a long busy timeout keep readers (``hpsearch status``, the dashboard,
-a second ``hpsearch run``) from ever meeting "database is locked".
+a second ``hpsearch run``) from ever meeting "database is locked". A SQLite file that cannot be
+written is opened read-only, so the commands that only read still work on it.
+
+PostgreSQL and MySQL/MariaDB URLs may leave out the driver (``postgresql://``): the first installed
+of the dialect's usual drivers is used, and a missing one is one line naming the extra to install.
+
+:func:`open_storage` returns a :class:`RetryingStorage`: Optuna's cached RDB storage behind a proxy
+that retries each call on a transient fault (a dropped connection, a server restart, a lock timeout,
+a deadlock, a locked SQLite file) for up to :func:`retry_budget_s` seconds, and turns a persistent
+one (the server gone for longer, a full disk, a read-only file) into one
+:class:`~hpsearch.errors.StorageUnavailableError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 import contextlib
+import logging
 import os
 from pathlib import Path
 import re
 import sqlite3
 import time
+from typing import Any, TypeVar
+from urllib.parse import quote
 import warnings
 
 import optuna
-from sqlalchemy.engine import make_url
+from optuna.storages import BaseStorage
+from sqlalchemy.engine import URL, make_url
+import sqlalchemy.event
 import sqlalchemy.exc
 
-from hpsearch.errors import StorageError
+from hpsearch.errors import StorageError, StorageUnavailableError
+from hpsearch.faults import Fault, classify, first_line, retry_budget_s, retrying
+from hpsearch.retrying import RetryingStorage
 
 try:
     import fcntl
@@ -32,10 +49,29 @@ ENV_VAR = "HPSEARCH_STORAGE"
 # A running trial's heartbeat is written this often; one silent for GRACE_S is abandoned.
 HEARTBEAT_S = 10
 GRACE_S = 60
+# Optuna stores study names, attribute keys and parameter names as String(512)
+# (MAX_INDEXED_STRING_LENGTH); PostgreSQL and MySQL enforce it, SQLite does not.
+MAX_NAME_LENGTH = 512
+# MySQL/MariaDB store Optuna's JSON values (attributes, distributions) as TEXT: at most this many bytes.
+MAX_TEXT_BYTES = 65535
 _SQLITE_TIMEOUT_S = 60
+_CONNECT_TIMEOUT_S = 10
 _SCHEMA_ATTEMPTS = 5
 _CREATE_RACE = ("already exists", "UNIQUE constraint failed", "Duplicate entry", "duplicate key")
-_DRIVER_HINTS = {"psycopg2": "pip install 'hpsearch[postgres]'", "pymysql": "pip install 'hpsearch[mysql]'"}
+# The drivers tried, in order, for a URL that names none (``postgresql://``).
+_DRIVERS = {"postgresql": ("psycopg", "psycopg2"), "mysql": ("mysqldb", "pymysql"), "mariadb": ("mysqldb", "pymysql")}
+_DATABASES = {"postgresql": "PostgreSQL", "mysql": "MySQL", "mariadb": "MariaDB", "sqlite": "SQLite"}
+_PG_EXTRA = "pip install 'hpsearch[postgres]'"
+_MYSQL_EXTRA = "pip install 'hpsearch[mysql]'"
+_INSTALL = {
+    "psycopg": _PG_EXTRA,
+    "psycopg2": _PG_EXTRA,
+    "pymysql": _MYSQL_EXTRA,
+    "mysqldb": f"pip install mysqlclient, or use mysql+pymysql:// and {_MYSQL_EXTRA}",
+}
+
+_logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def resolve_url(configured: str | None, environ: Mapping[str, str] | None = None) -> str:
@@ -60,46 +96,130 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def open_storage(url: str, *, create: bool = True) -> optuna.storages.RDBStorage:
-    """Open the Optuna storage at ``url``, with trial heartbeats enabled.
+def database_url(url: str) -> URL:
+    """``url`` parsed, with the driver that will open it: the one it names, or the first one installed.
 
-    With ``create=False`` (commands that only read) a SQLite file that does not exist is an error
-    rather than a new, empty database.
+    Raises:
+        StorageError: ``url`` is not a database URL, or its driver is not installed (the message
+            names the extra that installs it).
     """
     try:
         parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
+        backend = parsed.get_backend_name()
+    except (sqlalchemy.exc.ArgumentError, ValueError):
         raise StorageError(
             f"storage {mask_url(url)!r} is not a database URL; use e.g. sqlite:///hpsearch.db or postgresql://user@host/db"
         ) from None
-    engine_kwargs: dict[str, object] = {"pool_pre_ping": True}
+    explicit = "+" in parsed.drivername
+    drivers = (parsed.get_driver_name(),) if explicit or backend not in _DRIVERS else _DRIVERS[backend]
+    for driver in drivers:
+        candidate = parsed.set(drivername=f"{backend}+{driver}")
+        try:
+            candidate.get_dialect().import_dbapi()
+        except ImportError:
+            continue
+        except sqlalchemy.exc.NoSuchModuleError:
+            raise StorageError(f"storage {mask_url(url)} names the unknown database driver {parsed.drivername!r}") from None
+        return candidate if not explicit and backend in _DRIVERS else parsed
+    driver = drivers[-1] if backend in ("mysql", "mariadb") and not explicit else drivers[0]
+    what = f"the {_DATABASES.get(backend, backend)} driver {driver}"
+    raise StorageError(f"storage {mask_url(url)} needs {what}: {_INSTALL.get(driver, f'pip install {driver}')}")
+
+
+def open_storage(url: str, *, create: bool = True) -> RetryingStorage:
+    """Open the Optuna storage at ``url``, with trial heartbeats enabled and storage faults retried.
+
+    With ``create=False`` (commands that only read) a SQLite file that does not exist is an error
+    rather than a new, empty database. A SQLite file that cannot be written (its folder or the file
+    is read-only) is opened read-only; nothing is written on opening it.
+
+    Raises:
+        StorageError: a malformed URL, a missing driver, or a database that refuses us (such as an
+            unknown user).
+        StorageUnavailableError: the database cannot be reached or written for :func:`retry_budget_s`.
+    """
+    parsed = database_url(url)
+    masked = mask_url(url)
     path = sqlite_path(url)
+    _quiet_optuna_fallback()
+    read_only = False
+    engine_kwargs: dict[str, Any]
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs = {"connect_args": {"timeout": _SQLITE_TIMEOUT_S}}
         if path is not None:
-            if not create and not path.exists():
-                raise StorageError(f"storage {mask_url(url)} does not exist yet: nothing has run; run hpsearch run STUDY.yaml")
-            _prepare_sqlite(path)
+            if not path.exists() and not create:
+                raise StorageError(f"storage {masked} does not exist yet: nothing has run; run hpsearch run STUDY.yaml")
+            read_only = path.exists() and not _writable(path)
+            if read_only:
+                parsed = _read_only_sqlite_url(path, masked)
+            elif create:
+                _prepare_sqlite(path, masked)
+    else:
+        # A pooled connection the server dropped is replaced before use instead of failing a call.
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": _server_connect_args(parsed)}
+
+    def build() -> optuna.storages.RDBStorage:
+        with _exclusive(path), quiet_heartbeat_warnings():
+            return optuna.storages.RDBStorage(
+                parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            )
+
+    budget = retry_budget_s()
+
+    def tell(reason: str) -> None:
+        _logger.warning("storage %s: %s; retrying for up to %g s", masked, reason, budget)
+
     try:
         for attempt in range(_SCHEMA_ATTEMPTS):
             try:
-                with _exclusive(path), quiet_heartbeat_warnings():
-                    return optuna.storages.RDBStorage(
-                        url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-                    )
-            except sqlalchemy.exc.SQLAlchemyError as exc:
+                rdb = retrying(masked, "open it", build, budget_s=budget, on_fault=tell)
+                return RetryingStorage(rdb, url, read_only=read_only)
+            except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
                 # Processes opening a new database at once all create its tables, and the losers
                 # fail; the tables are there now, so opening again succeeds.
                 if not any(m in str(exc) for m in _CREATE_RACE) or attempt == _SCHEMA_ATTEMPTS - 1:
                     raise
                 time.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
-    except ModuleNotFoundError as exc:
-        hint = _DRIVER_HINTS.get(exc.name or "", f"pip install {exc.name}")
-        raise StorageError(f"storage {mask_url(url)} needs the database driver {exc.name}: {hint}") from None
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise StorageError(f"cannot open storage {mask_url(url)}: {reason}") from None
+    except ImportError as exc:  # database_url checked the driver; this is one of its own imports
+        raise StorageError(f"storage {masked} cannot load its database driver: {exc}") from None
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        raise StorageError(f"cannot open storage {masked}: {first_line(exc)}") from None
+
+
+def _server_connect_args(url: URL) -> dict[str, Any]:
+    """Time limits for a database server: a dead host fails a connection in seconds, not minutes."""
+    driver = url.get_driver_name()
+    if driver in ("psycopg", "psycopg2"):
+        # TCP keepalives notice a server host that vanished while a query waits for its answer.
+        args: dict[str, Any] = {"connect_timeout": _CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 30,
+                                "keepalives_interval": 10, "keepalives_count": 3}
+        if "PGAPPNAME" not in os.environ:  # libpq's own variable wins; else pg_stat_activity shows who we are
+            args["application_name"] = "hpsearch"
+    elif driver in ("pymysql", "mysqldb"):
+        args = {"connect_timeout": _CONNECT_TIMEOUT_S}
+    else:
+        args = {}
+    return {k: v for k, v in args.items() if k not in url.query}  # the URL's own settings win
+
+
+class _OptunaFallbackFilter(logging.Filter):
+    """Drops Optuna's "Caught an error from sqlalchemy ... Falling back to a slower alternative".
+
+    Optuna's trial query takes any OperationalError for too many SQL variables and logs the query
+    before it tries a slower one; after a dropped connection that is a screenful of SQL blaming the
+    wrong cause. The fault itself is retried, and told once, by :class:`RetryingStorage`.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Caught an error from sqlalchemy")
+
+
+def _quiet_optuna_fallback() -> None:
+    logger = logging.getLogger("optuna.storages._rdb.storage")
+    if not any(isinstance(f, _OptunaFallbackFilter) for f in logger.filters):
+        logger.addFilter(_OptunaFallbackFilter())
 
 
 @contextlib.contextmanager
@@ -135,7 +255,28 @@ def _exclusive(path: Path | None) -> Iterator[None]:
         os.close(folder)  # releases the flock
 
 
-def _prepare_sqlite(path: Path) -> None:
+def _writable(path: Path) -> bool:
+    # SQLite writes the file and, next to it, its -wal and -shm files. os.access asks the kernel, so
+    # a read-only mount or an immutable file count even for root; it opens nothing (see _exclusive).
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def _read_only_sqlite_url(path: Path, masked: str) -> URL:
+    """A URL that opens ``path`` read-only; ``immutable`` where its folder cannot hold the -shm file."""
+    query = {"mode": "ro", "uri": "true"}
+    shm, wal = Path(f"{path}-shm"), Path(f"{path}-wal")
+    if not os.access(path.parent, os.W_OK) and not shm.exists():
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StorageUnavailableError(
+                f"storage {masked} cannot be read: its folder is read-only and {wal.name} holds writes not yet "
+                f"in the database; open it once where it can be written"
+            )
+        # Without -shm SQLite reads a WAL database only as immutable: nothing can write here anyway.
+        query["immutable"] = "1"
+    return URL.create("sqlite", database=f"file:{quote(str(path.resolve()))}", query=query)
+
+
+def _prepare_sqlite(path: Path, masked: str) -> None:
     """Create the file's folder and switch the database to WAL (a persistent, per-file setting)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,8 +286,11 @@ def _prepare_sqlite(path: Path) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
         conn.close()
     except (OSError, sqlite3.Error) as exc:
-        raise StorageError(f"cannot open SQLite database {path}: {exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, OSError) or classify(exc) is Fault.PERSISTENT:
+            raise StorageUnavailableError(f"storage {masked} cannot be written: {reason}") from None
+        raise StorageError(f"cannot open SQLite database {path}: {reason}") from None
 
 
-def existing_study_names(storage: optuna.storages.BaseStorage) -> set[str]:
+def existing_study_names(storage: BaseStorage) -> set[str]:
     return {s.study_name for s in storage.get_all_studies()}

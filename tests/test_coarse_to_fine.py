@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from hpsearch.narrow import contains
 from hpsearch.space import parse_space
 from hpsearch.stages import ATTR_DERIVED, ATTR_SPACE, ATTR_WARM_START
+from hpsearch.storage import open_storage
 from tests.helpers import base_study, cli, start_run, write_study
 
 STORAGE = "sqlite:///runs/cars.db"
@@ -104,7 +105,10 @@ def test_killed_mid_stage_every_stage_ends_with_exactly_its_budget(workdir: Path
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        names = {s.study_name for s in optuna.get_all_study_summaries(STORAGE)} if Path("runs/cars.db").exists() else set()
+        # Through open_storage: it waits for the run to finish creating the tables (a plain
+        # Optuna storage opened meanwhile creates them too and can fail with "already exists").
+        storage = open_storage(STORAGE, create=False) if Path("runs/cars.db").exists() else None
+        names = {s.study_name for s in optuna.get_all_study_summaries(storage)} if storage else set()
         if "cars/fine" in names and any(t.state is TrialState.RUNNING for t in _study("fine").get_trials()):
             break
         time.sleep(0.3)
@@ -129,8 +133,12 @@ def test_a_timed_out_stage_is_over_and_the_next_narrows_from_it(workdir: Path) -
     assert 0 < coarse_done < 500 and _study("coarse").user_attrs["ended"] == {"reason": "timeout", "budget": 500}
     assert _finished("fine") == 4
     code, out, err = cli("run", str(path))
-    assert code == 0 and "stage coarse: skipped, ended by its timeout (3 s)" in err
+    assert code == 0 and f"study cars is done (coarse {coarse_done}/500 (ended by its timeout), fine 4/4)" in err
     assert _finished("coarse") == coarse_done
+    # A longer fine stage: the ended coarse stage is skipped, and fine runs the rest of its budget.
+    code, out, err = cli("run", str(path), "--set", "stages.1.trials=5")
+    assert code == 0 and "stage coarse: skipped, ended by its timeout (3 s)" in err
+    assert _finished("coarse") == coarse_done and _finished("fine") == 5
 
 
 def test_a_changed_space_on_resume_is_refused(workdir: Path) -> None:

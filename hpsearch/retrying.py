@@ -1,0 +1,332 @@
+"""The storage hpsearch hands to Optuna: its cached RDB storage, with every call retried on a transient fault."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Sequence
+import copy
+import datetime
+import json
+import logging
+import time
+from typing import Any, TypeVar, cast
+import uuid
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.storages._cached_storage import _StudyInfo
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.study import StudyDirection
+from optuna.study._frozen import FrozenStudy
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import Engine
+import sqlalchemy.event
+
+from hpsearch.errors import StorageUnavailableError
+from hpsearch.faults import retry_budget_s, retrying
+
+T = TypeVar("T")
+_logger = logging.getLogger("hpsearch.storage")
+
+# A trial system attribute written with each trial creation and claim, so that a retry after an
+# ambiguous failure (the commit may have happened) can tell whether the first attempt took effect.
+WRITE_ID_ATTR = "hpsearch:write_id"
+
+
+class RetryingStorage(BaseStorage, BaseHeartbeat):
+    """An Optuna storage whose calls survive transient database faults.
+
+    It wraps ``_CachedStorage(RDBStorage)`` (what Optuna itself makes of a URL) and passes every call
+    through :meth:`call_with_retries`. Use it wherever Optuna takes a storage: ``optuna.create_study``,
+    ``optuna.load_study``, ``optuna.storages.fail_stale_trials``.
+
+    Repeating a call after a fault is safe only if a first attempt that did commit (the connection
+    dropped after the COMMIT was sent) leaves nothing to undo:
+
+    - reads, and writes that are upserts (attributes, intermediate values, parameters, heartbeats)
+      are simply repeated;
+    - creating a trial and claiming a queued one (WAITING -> RUNNING) write a fresh id into the
+      trial's system attribute ``hpsearch:write_id`` in the same transaction; a repeat first looks
+      for that id, so a trial is never created twice (an orphan RUNNING trial) nor claimed by two runs.
+      Trials are created without RDBStorage's own retry loop, which would insert again blindly;
+    - finishing a trial: a repeat that finds the trial already in the state (and with the values) it
+      was given takes the first attempt as done;
+    - creating a study looks it up first (no write when it exists: a read-only file can be opened by
+      ``create_study(load_if_exists=True)``), and deleting one that is gone on a repeat is done.
+
+    Attributes:
+        url: The URL as configured (show it through :func:`mask_url`).
+        read_only: True for a SQLite file opened read-only; every write fails with StorageUnavailableError.
+    """
+
+    def __init__(self, backend: optuna.storages.RDBStorage, url: str, *, read_only: bool = False) -> None:
+        self._rdb = backend
+        self._cached = optuna.storages._CachedStorage(backend)
+        self.url = url
+        self.read_only = read_only
+        from hpsearch.storage import mask_url  # here: storage imports this module
+
+        self._masked = mask_url(url)
+        # Set once the storage was given up on: later calls (failing the running trials, the summary)
+        # try once instead of waiting out the retry budget again.
+        self._unavailable = False
+        self._outage_since: float | None = None
+        # Connections handed out (after their pre-ping): a call that got one reached the database,
+        # one that did not was answered from the cache and says nothing about an outage.
+        self._checkouts = 0
+        sqlalchemy.event.listen(backend.engine, "checkout", self._count_checkout)
+
+    def _count_checkout(self, *args: Any) -> None:
+        self._checkouts += 1
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)  # the unpickled RDBStorage made a new engine: count its checkouts
+        sqlalchemy.event.listen(self._rdb.engine, "checkout", self._count_checkout)
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, for SQL of one's own (run it through :meth:`call_with_retries`)."""
+        return self._rdb.engine
+
+    def call_with_retries(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, repeated on a transient storage fault for up to :func:`retry_budget_s`.
+
+        ``fn`` must be safe to repeat after a failure whose transaction may have committed (see the
+        class docstring). ``what`` says what it does, for messages: ``"claim a trial slot"``.
+
+        Raises:
+            StorageUnavailableError: a persistent fault, or a transient one that outlasted the budget.
+        """
+        budget = 0.0 if self._unavailable else retry_budget_s()
+        checkouts = self._checkouts
+        try:
+            result = retrying(self._masked, what, fn, *args, budget_s=budget, on_fault=self._outage, **kwargs)
+        except StorageUnavailableError:
+            self._unavailable = True
+            raise
+        if self._checkouts != checkouts:  # the database answered
+            self._unavailable = False
+            if self._outage_since is not None:
+                _logger.warning("storage %s answers again after %.0f s", self._masked,
+                                time.monotonic() - self._outage_since)
+                self._outage_since = None
+        return result
+
+    def _outage(self, reason: str) -> None:
+        # One line for an outage, however many calls meet it.
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            _logger.warning("storage %s: %s; retrying for up to %g s", self._masked, reason, retry_budget_s())
+
+    # Studies.
+    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
+        if study_name is not None and self._study_id(study_name) is not None:
+            raise optuna.exceptions.DuplicatedStudyError(f"Another study with name '{study_name}' already exists.")
+        attempts = 0
+
+        def create() -> int:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and study_name is not None:
+                existing = self._study_id(study_name)
+                if existing is not None:  # the first attempt did create it
+                    return existing
+            return self._cached.create_new_study(directions, study_name)
+
+        return self.call_with_retries("create a study", create)
+
+    def _study_id(self, study_name: str) -> int | None:
+        try:
+            return self.call_with_retries("read a study", self._cached.get_study_id_from_name, study_name)
+        except KeyError:
+            return None
+
+    def delete_study(self, study_id: int) -> None:
+        attempts = 0
+
+        def delete() -> None:
+            nonlocal attempts
+            attempts += 1
+            try:
+                self._cached.delete_study(study_id)
+            except KeyError:
+                if attempts == 1:
+                    raise  # gone before we came: Optuna's error
+
+        self.call_with_retries("delete a study", delete)
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self.call_with_retries("write a study attribute", self._cached.set_study_user_attr, study_id, key, value)
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self.call_with_retries("write a study attribute", self._cached.set_study_system_attr, study_id, key, value)
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self.call_with_retries("read a study", self._cached.get_study_id_from_name, study_name)
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self.call_with_retries("read a study", self._cached.get_study_name_from_id, study_id)
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return self.call_with_retries("read a study", self._cached.get_study_directions, study_id)
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self.call_with_retries("read a study", self._cached.get_study_user_attrs, study_id)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self.call_with_retries("read a study", self._cached.get_study_system_attrs, study_id)
+
+    def get_all_studies(self) -> list[FrozenStudy]:
+        return self.call_with_retries("list the studies", self._cached.get_all_studies)
+
+    # Trials.
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        write_id = uuid.uuid4().hex
+        template = _with_write_id(template_trial, write_id)
+        attempts = 0
+
+        def create() -> int:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                existing = self._trial_with_write_id(study_id, write_id)
+                if existing is not None:  # the first attempt did create it: take that trial
+                    self._remember(study_id, self._rdb.get_trial(existing))
+                    return existing
+            return self._create_trial_once(study_id, template)
+
+        return self.call_with_retries("create a trial", create)
+
+    def _create_trial_once(self, study_id: int, template: FrozenTrial) -> int:
+        # RDBStorage._create_new_trial without its own retry loop: after a commit whose answer was
+        # lost, that loop would insert the trial again; ours looks for the write id first.
+        with _create_scoped_session(self._rdb.scoped_session) as session:
+            models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)  # numbers trials in turn
+            model = self._rdb._get_prepared_new_trial(study_id, template, session)
+            trial = copy.deepcopy(template)
+            trial.number, trial._trial_id = int(model.number), int(model.trial_id)
+            trial.datetime_start = cast(datetime.datetime, model.datetime_start)
+        self._remember(study_id, trial)
+        return trial._trial_id
+
+    def _remember(self, study_id: int, trial: FrozenTrial) -> None:
+        """Put a trial we created in the cache, as ``_CachedStorage.create_new_trial`` does."""
+        cached = self._cached
+        with cached._lock:
+            cached._studies.setdefault(study_id, _StudyInfo())
+            cached._add_trials_to_cache(study_id, [trial])
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: optuna.distributions.BaseDistribution) -> None:
+        self.call_with_retries("write a trial parameter", self._cached.set_trial_param,
+                               trial_id, param_name, param_value_internal, distribution)
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self.call_with_retries("read a trial", self._cached.get_trial_id_from_study_id_trial_number,
+                                      study_id, trial_number)
+
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        return self.call_with_retries("read the best trial", self._cached.get_best_trial, study_id)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        if state is TrialState.RUNNING:
+            return self._claim(trial_id)
+        attempts = 0
+
+        def finish() -> bool:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                trial = self._rdb.get_trial(trial_id)
+                if trial.state is state and (values is None or trial.values == list(values)):
+                    return True  # the first attempt did commit
+            return self._cached.set_trial_state_values(trial_id, state, values)
+
+        return self.call_with_retries("record a trial's state", finish)
+
+    def _claim(self, trial_id: int) -> bool:
+        """Move a queued trial to RUNNING; False if another process took it first."""
+        write_id = uuid.uuid4().hex
+        attempts = 0
+
+        def claim() -> bool:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and self._rdb.get_trial(trial_id).system_attrs.get(WRITE_ID_ATTR) == write_id:
+                return True  # the first attempt did commit
+            return self._claim_once(trial_id, write_id)
+
+        return self.call_with_retries("claim a queued trial", claim)
+
+    def _claim_once(self, trial_id: int, write_id: str) -> bool:
+        # RDBStorage.set_trial_state_values(RUNNING), with the write id in the same transaction.
+        with _create_scoped_session(self._rdb.scoped_session) as session:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+            state = cast(TrialState, trial.state)
+            self._rdb.check_trial_is_updatable(trial_id, state)  # a finished trial: UpdateFinishedTrialError
+            if state != TrialState.WAITING:
+                return False
+            trial.state = TrialState.RUNNING
+            trial.datetime_start = datetime.datetime.now()
+            self._rdb._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel, trial_id,
+                                                     WRITE_ID_ATTR, write_id)
+        return True
+
+    def _trial_with_write_id(self, study_id: int, write_id: str) -> int | None:
+        attr = models.TrialSystemAttributeModel
+        with _create_scoped_session(self._rdb.scoped_session) as session:
+            row = (
+                session.query(attr.trial_id).join(models.TrialModel, models.TrialModel.trial_id == attr.trial_id)
+                .filter(models.TrialModel.study_id == study_id, attr.key == WRITE_ID_ATTR,
+                        attr.value_json == json.dumps(write_id))
+                .first()
+            )
+        return None if row is None else int(row[0])
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self.call_with_retries("write an intermediate value", self._cached.set_trial_intermediate_value,
+                               trial_id, step, intermediate_value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.call_with_retries("write a trial attribute", self._cached.set_trial_user_attr, trial_id, key, value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.call_with_retries("write a trial attribute", self._cached.set_trial_system_attr, trial_id, key, value)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self.call_with_retries("read a trial", self._cached.get_trial, trial_id)
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return self.call_with_retries("read the trials", self._cached.get_all_trials, study_id, deepcopy, states)
+
+    def remove_session(self) -> None:
+        self._rdb.remove_session()
+
+    # Heartbeats.
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.call_with_retries("record a heartbeat", self._cached.record_heartbeat, trial_id)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self.call_with_retries("look for stale trials", self._cached._get_stale_trial_ids, study_id)
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._cached.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self._cached.get_heartbeat_stale_trial_callback()
+
+
+def _with_write_id(template: FrozenTrial | None, write_id: str) -> FrozenTrial:
+    """A copy of ``template`` (a new RUNNING trial when None) carrying ``write_id``."""
+    if template is None:
+        template = FrozenTrial(
+            number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
+            datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+            intermediate_values={}, trial_id=-1,
+        )
+    else:
+        template = copy.deepcopy(template)
+    template.system_attrs = {**template.system_attrs, WRITE_ID_ATTR: write_id}
+    return template
