@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 import os
 import socket
 import time
@@ -110,11 +111,19 @@ class Claim:
     previous: int | None = None
 
 
+# hpsearch's index on Optuna's trials table: the trials of a study in one state (RUNNING, WAITING,
+# FAIL) and counts by state are found without reading the whole study. Optuna indexes study_id alone.
+# Declared on a stand-in of the table, in metadata of our own, so that Optuna's models stay untouched.
+_TRIALS_DDL = sa.Table("trials", sa.MetaData(), sa.Column("study_id", sa.Integer), sa.Column("state", sa.String(8)))
+TRIALS_BY_STATE = sa.Index("ix_hpsearch_trials_study_state", _TRIALS_DDL.c.study_id, _TRIALS_DDL.c.state)
+
+
 def ensure_tables(engine: Engine) -> None:
-    """Create hpsearch's tables where they are missing; processes may race to do it."""
+    """Create hpsearch's tables and index where they are missing; processes may race to do it."""
     for attempt in range(5):
         try:
             _METADATA.create_all(engine, checkfirst=True)
+            TRIALS_BY_STATE.create(engine, checkfirst=True)
             return
         except sqlalchemy.exc.SQLAlchemyError as exc:
             if not any(m in str(exc) for m in _CREATE_RACE) or attempt == 4:
@@ -137,9 +146,13 @@ class StageClaims:
         self._engine, self._study_id, self._owner, self._grace_s, self._retry = engine, study_id, owner, grace_s, retry
 
     def take(self, budget: int) -> Claim | None:
-        """Claim a free slot below ``budget``: one whose trial failed, else a fresh one; ``None`` if all are held."""
+        """Claim a free slot below ``budget``: a fresh one, else one whose trial failed; ``None`` if all are held.
+
+        Fresh slots first: finding one is a lookup of the highest slot, while finding a failed slot
+        searches the stage's failed trials; that search runs only once no fresh slot is left.
+        """
         for _ in range(_CLAIM_TRIES):
-            claim = self._free(budget) or self._fresh(budget)
+            claim = self._fresh(budget) or self._free(budget)
             if claim is None:
                 return None
             if self._retry("claim a trial slot", lambda c=claim: self._insert(c, None)):  # type: ignore[misc]
@@ -149,10 +162,14 @@ class StageClaims:
 
     def bind(self, claim: Claim, trial_id: int) -> None:
         """Record the trial that fills ``claim``."""
-        c = CLAIMS.c
-        statement = (sa.update(CLAIMS).where(c.study_id == self._study_id, c.slot == claim.slot,
-                                             c.attempt == claim.attempt).values(trial_id=trial_id))
+        statement = self.bind_statement(claim, trial_id)
         self._retry("record a trial's slot", lambda: self._execute(statement))
+
+    def bind_statement(self, claim: Claim, trial_id: int) -> sa.Update:
+        """The UPDATE that records the trial filling ``claim``, to run in a transaction of one's own."""
+        c = CLAIMS.c
+        return (sa.update(CLAIMS).where(c.study_id == self._study_id, c.slot == claim.slot, c.attempt == claim.attempt)
+                .values(trial_id=trial_id))
 
     def finished(self, budget: int) -> int:
         """How many slots below ``budget`` hold a COMPLETE or PRUNED trial."""
@@ -171,6 +188,12 @@ class StageClaims:
         query = (sa.select(t.trial_id).where(t.study_id == self._study_id, t.state.in_(_FINISHED), ~claimed.exists())
                  .order_by(t.number))
         orphans = self._retry("find unclaimed trials", lambda: self._rows(query))
+        if not orphans:
+            return 0
+        first = self._next_slot()
+        rows = [self._row(Claim(first + i, 0), trial_id) for i, (trial_id,) in enumerate(orphans)]
+        if self._retry("adopt trials", lambda: self._insert_rows(rows)):
+            return len(rows)  # all at once; else another process adopted some at the same time: one by one
         adopted = 0
         for (trial_id,) in orphans:
             for _ in range(_CLAIM_TRIES):
@@ -184,17 +207,20 @@ class StageClaims:
 
     # Queries.
     def _free(self, budget: int) -> Claim | None:
+        # The latest claims of slots whose trial failed (found through the failed trials, by the
+        # state index), and claims that never got their trial.
         c, t = CLAIMS.c, _TRIALS.c
         later = CLAIMS.alias("later")
         superseded = sa.select(later.c.slot).where(later.c.study_id == c.study_id, later.c.slot == c.slot,
                                                    later.c.attempt == c.attempt + 1)
-        query = (sa.select(c.slot, c.attempt, c.trial_id, c.host, c.pid, c.claimed_at)
-                 .select_from(CLAIMS.outerjoin(_TRIALS, t.trial_id == c.trial_id))
-                 .where(c.study_id == self._study_id, c.slot < budget, ~superseded.exists(),
-                        sa.or_(t.state == TrialState.FAIL, c.trial_id.is_(None)))
-                 .order_by(c.slot))
+        columns = (c.slot, c.attempt, c.trial_id, c.host, c.pid, c.claimed_at)
+        failed = (sa.select(*columns).select_from(_TRIALS.join(CLAIMS, c.trial_id == t.trial_id))
+                  .where(t.study_id == self._study_id, t.state == TrialState.FAIL, c.slot < budget, ~superseded.exists()))
+        unbound = sa.select(*columns).where(c.trial_id.is_(None), c.study_id == self._study_id, c.slot < budget,
+                                            ~superseded.exists())
+        rows = [row for query in (failed, unbound) for row in self._retry("find a free slot", partial(self._rows, query))]
         now = time.time()
-        for slot, attempt, trial_id, host, pid, claimed_at in self._retry("find a free slot", lambda: self._rows(query)):
+        for slot, attempt, trial_id, host, pid, claimed_at in sorted(rows):
             if trial_id is None and not self._abandoned_claim(Owner(host, pid), claimed_at, now):
                 continue  # claimed a moment ago: its trial is being created
             return Claim(slot, attempt + 1, trial_id)
@@ -221,11 +247,17 @@ class StageClaims:
 
     def _insert(self, claim: Claim, trial_id: int | None) -> bool:
         """Insert the claim's row; False when the row (or the trial's claim) exists already."""
-        row = {"study_id": self._study_id, "slot": claim.slot, "attempt": claim.attempt, "trial_id": trial_id,
-               "host": self._owner.host, "pid": self._owner.pid, "claimed_at": time.time()}
+        return self._insert_rows([self._row(claim, trial_id)])
+
+    def _row(self, claim: Claim, trial_id: int | None) -> dict[str, Any]:
+        return {"study_id": self._study_id, "slot": claim.slot, "attempt": claim.attempt, "trial_id": trial_id,
+                "host": self._owner.host, "pid": self._owner.pid, "claimed_at": time.time()}
+
+    def _insert_rows(self, rows: list[dict[str, Any]]) -> bool:
+        """Insert claim rows in one transaction; False (and none inserted) when one exists already."""
         try:
             with self._engine.begin() as conn:
-                conn.execute(sa.insert(CLAIMS).values(**row))
+                conn.execute(sa.insert(CLAIMS), rows)
         except sqlalchemy.exc.IntegrityError:
             return False
         return True

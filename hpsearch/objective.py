@@ -7,16 +7,20 @@ ended: its value, its state, and user attributes with every metric of its best e
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+import copy
+import datetime
 import math
 import os
 import socket
+import time
 from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import is_heartbeat_enabled
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.sql import Executable
 
 from hpsearch.spec import StudySpec
 from hpsearch.train import StopReason, TrainConfig, TrainResult, build_train_config
@@ -46,20 +50,75 @@ def trial_config(spec: StudySpec, params: Mapping[str, Any], number: int) -> Tra
     )
 
 
-class TrialRecorder:
-    """Records one running trial in its study; every method is called by the orchestrating process."""
+def result_attrs(result: TrainResult) -> dict[str, Any]:
+    """The user attributes a finished trial carries: every metric of its best epoch, and how training went."""
+    return {
+        **{k: float(v) for k, v in result.best_metrics.items()},
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "duration_s": round(result.duration_s, 3),
+        "device": result.device,
+        "samples_per_s": round(result.samples_per_s, 1),
+        ATTR_METRICS: sorted(result.best_metrics),
+        ATTR_REASON: result.stop_reason.name.lower(),
+        ATTR_MESSAGE: result.message,
+    }
 
-    def __init__(self, study: optuna.Study, trial: optuna.Trial, metric: str) -> None:
+
+# A running trial's epochs and placement are written at most this often (and always when it ends).
+WRITE_EVERY_S = 1.0
+
+
+class TrialRecorder:
+    """Records one running trial in its study; every method is called by the orchestrating process.
+
+    Writes go through :meth:`RetryingStorage.write_trial <hpsearch.retrying.RetryingStorage.write_trial>`,
+    a transaction for each step of the trial (start, placement, each epoch, the end) rather than one
+    for every attribute. :attr:`frozen` is the trial as written so far, kept here so that nothing has
+    to read it back.
+    """
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial, metric: str,
+                 first_write: Sequence[Executable] = ()) -> None:
         self.study = study
         self.trial = trial
         self._metric = metric
+        self._first_write = list(first_write)  # statements of the caller's, run with the first write
+        self._pending: dict[str, Any] = {}  # attributes not written yet
+        self._written_at = time.monotonic()
+        self.frozen: FrozenTrial = copy.copy(trial._cached_frozen_trial)
+        self.frozen.user_attrs = dict(self.frozen.user_attrs)
+        self.frozen.intermediate_values = dict(self.frozen.intermediate_values)
 
     @property
     def number(self) -> int:
         return self.trial.number
 
     def start(self) -> None:
-        self.heartbeat()
+        """Write the sampled parameters, the first heartbeat and ``first_write`` in one transaction."""
+        self._write({}, heartbeat=True)
+
+    def _write(self, attrs: Mapping[str, Any], heartbeat: bool = False, state: TrialState | None = None,
+               value: float | None = None) -> None:
+        """Write ``attrs`` with everything pending (parameters, intermediate values, attributes) in one transaction."""
+        statements, self._first_write = self._first_write, []
+        attrs = {**self._pending, **attrs}
+        self._pending = {}
+        self.frozen.user_attrs.update(attrs)
+        self.study._storage.write_trial(  # type: ignore[attr-defined]
+            self.trial._trial_id, user_attrs=attrs, heartbeat=heartbeat, statements=statements,
+            state=state, values=None if value is None else [value])
+        self._written_at = time.monotonic()
+
+    def _write_soon(self, attrs: Mapping[str, Any]) -> None:
+        """Write now if the last write is WRITE_EVERY_S old, else with the next write (at the latest, the end).
+
+        Epochs of seconds or more are each written as they end; a trial of many fast epochs is not
+        a transaction per epoch (the pruner decides on what the trial object holds, written or not).
+        """
+        self._pending.update(attrs)
+        if time.monotonic() - self._written_at >= WRITE_EVERY_S:
+            self._write({})
 
     def heartbeat(self) -> None:
         """Tell other runs this trial is alive; one silent for the grace period is failed by them."""
@@ -70,8 +129,7 @@ class TrialRecorder:
     def placed(self, placement: Mapping[str, Any]) -> None:
         """Record where the trial runs: ``worker_host``, ``worker_pid``, ``node_id``, ``gpus`` ..."""
         try:
-            for key, value in placement.items():
-                self.trial.set_user_attr(key, value)
+            self._write_soon(placement)
         except UpdateFinishedTrialError:
             pass  # another run failed it as abandoned (this run was suspended past the grace period)
 
@@ -81,43 +139,41 @@ class TrialRecorder:
         if value is None or not math.isfinite(value):
             return False
         try:
-            self.trial.report(float(value), epoch)
+            self.trial.report(float(value), epoch)  # held by the storage until the next write
+            self.frozen.intermediate_values[epoch] = float(value)
+            self._write_soon({})
         except UpdateFinishedTrialError:
             return True  # another run took this trial for abandoned and failed it: stop training it
         return self.trial.should_prune()
 
     def finish(self, result: TrainResult) -> TrialState:
-        """Tell Optuna how training ended. A trial with no finite best epoch ends PRUNED, with its reason."""
-        attrs = {
-            **{k: float(v) for k, v in result.best_metrics.items()},
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "duration_s": round(result.duration_s, 3),
-            "device": result.device,
-            "samples_per_s": round(result.samples_per_s, 1),
-            ATTR_METRICS: sorted(result.best_metrics),
-            ATTR_REASON: result.stop_reason.name.lower(),
-            ATTR_MESSAGE: result.message,
-        }
+        """Record how training ended. A trial with no finite best epoch ends PRUNED, with its reason.
+
+        The attributes, the value and the state are one transaction. A pruned trial's value is its
+        last reported one, as ``Study.tell`` records it.
+        """
         value = result.best_metrics.get(self._metric)
         state = TrialState.PRUNED
         if result.stop_reason is not StopReason.PRUNED and value is not None and math.isfinite(value):
             state = TrialState.COMPLETE
-        try:
-            for key, value_ in attrs.items():
-                self.trial.set_user_attr(key, value_)
-        except UpdateFinishedTrialError:
-            return TrialState.FAIL  # another run failed it as abandoned; its slot runs again
-        told = self.study.tell(self.trial, float(value) if state is TrialState.COMPLETE else None,  # type: ignore[arg-type]
-                               state=state, skip_if_finished=True)
-        return told.state
+        else:
+            steps = self.frozen.intermediate_values
+            value = steps[max(steps)] if steps else None
+        return self._end(result_attrs(result), state, None if value is None else float(value))
 
     def fail(self, reason: str, lost: bool = False) -> None:
         """Fail the trial with ``reason``; ``lost``: through no fault of its own, so its slot reruns it."""
+        self._end({ATTR_FAIL: reason, **({ATTR_LOST: True} if lost else {})}, TrialState.FAIL, None)
+
+    def _end(self, attrs: Mapping[str, Any], state: TrialState, value: float | None) -> TrialState:
         try:
-            self.trial.set_user_attr(ATTR_FAIL, reason)
-            if lost:
-                self.trial.set_user_attr(ATTR_LOST, True)
+            self._write(attrs, state=state, value=value)
         except UpdateFinishedTrialError:
-            return  # another run failed it already
-        self.study.tell(self.trial, state=TrialState.FAIL, skip_if_finished=True)
+            return TrialState.FAIL  # another run failed it as abandoned; its slot runs again
+        frozen = self.frozen
+        frozen.state, frozen.datetime_complete = state, datetime.datetime.now()
+        frozen.values = None if value is None else [value]
+        frozen.params, frozen.distributions = dict(self.trial.params), dict(self.trial.distributions)
+        # What Study.tell does besides writing: the sampler's hook (a no-op for hpsearch's samplers).
+        self.study.sampler.after_trial(self.study, frozen, state, frozen.values)
+        return state

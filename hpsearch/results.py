@@ -1,28 +1,39 @@
-"""Reading a study's results back: per-stage status, the best trial, and a pandas export."""
+"""Reading a study's results back: per-stage status, the best trial, and the export of every trial.
+
+Each answer is a few SQL queries whatever the number of trials: counts by state with GROUP BY, the
+best trial as Optuna finds it (ORDER BY value LIMIT 1), the owners of RUNNING trials, and the export
+in chunks (:mod:`hpsearch.export`). None of them writes: a read-only database file serves them all.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-import math
+import json
 from pathlib import Path
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
+from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
-import pandas as pd
+import sqlalchemy as sa
 
 from hpsearch.coordination import live_runs
 from hpsearch.errors import HpsearchError
 from hpsearch.objective import ATTR_HOST, ATTR_PID
+from hpsearch.retrying import RetryingStorage
 from hpsearch.space import Space, describe, parse_space
 from hpsearch.spec import StageSpec, StudySpec
-from hpsearch.stages import ATTR_ENDED, ATTR_SPACE, best_trial
-from hpsearch.storage import GRACE_S, existing_study_names
+from hpsearch.stages import ATTR_ENDED, ATTR_SPACE
+from hpsearch.storage import GRACE_S
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EXPORT_SUFFIXES = (".csv", ".parquet")
+_TRIALS = models.TrialModel.__table__
+_USER_ATTRS = models.TrialUserAttributeModel.__table__
 
 
 @dataclass(frozen=True)
@@ -40,26 +51,49 @@ class StageStatus:
         return self.counts[TrialState.COMPLETE] + self.counts[TrialState.PRUNED]
 
 
-def stage_studies(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[tuple[StageSpec, optuna.Study | None]]:
-    """Each stage with its Optuna study, or ``None`` for a stage that has not started."""
-    names = existing_study_names(storage)
-    return [
-        (stage, optuna.load_study(study_name=spec.study_name(stage), storage=storage)
-         if spec.study_name(stage) in names else None)
-        for stage in spec.stages
-    ]
+def stage_study_ids(spec: StudySpec, storage: RetryingStorage) -> list[tuple[StageSpec, int | None]]:
+    """Each stage with its Optuna study's id, or ``None`` for a stage that has not started."""
+    found: list[tuple[StageSpec, int | None]] = []
+    for stage in spec.stages:
+        try:
+            found.append((stage, storage.get_study_id_from_name(spec.study_name(stage))))
+        except KeyError:  # no such study
+            found.append((stage, None))
+    return found
 
 
-def status(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[StageStatus]:
+def status(spec: StudySpec, storage: RetryingStorage) -> list[StageStatus]:
     rows = []
-    for stage, study in stage_studies(spec, storage):
-        trials = study.get_trials(deepcopy=False) if study else []
-        attrs = study.user_attrs if study else {}
+    for stage, study_id in stage_study_ids(spec, storage):
+        if study_id is None:
+            rows.append(StageStatus(stage, spec.study_name(stage), False, Counter(), None))
+            continue
+        attrs = storage.get_study_user_attrs(study_id)
         ended = attrs.get(ATTR_ENDED)
-        rows.append(StageStatus(stage, spec.study_name(stage), study is not None,
-                                Counter(t.state for t in trials), best_trial(study) if study else None,
-                                attrs.get(ATTR_SPACE), ended.get("reason") if isinstance(ended, dict) else None))
+        rows.append(StageStatus(stage, spec.study_name(stage), True, count_states(storage, study_id),
+                                best_of(storage, study_id), attrs.get(ATTR_SPACE),
+                                ended.get("reason") if isinstance(ended, dict) else None))
     return rows
+
+
+def count_states(storage: RetryingStorage, study_id: int) -> Counter[TrialState]:
+    """The study's trials by state: one GROUP BY on hpsearch's (study_id, state) index."""
+    t = _TRIALS.c
+    query = sa.select(t.state, sa.func.count()).where(t.study_id == study_id).group_by(t.state)
+
+    def count() -> Counter[TrialState]:
+        with storage.engine.connect() as conn:
+            return Counter({state: n for state, n in conn.execute(query)})
+
+    return storage.call_with_retries("count the trials", count)
+
+
+def best_of(storage: RetryingStorage, study_id: int) -> FrozenTrial | None:
+    """The best complete trial, as Optuna finds it in SQL; ``None`` when there is none."""
+    try:
+        return storage.get_best_trial(study_id)
+    except ValueError:  # Optuna: no complete trial
+        return None
 
 
 @dataclass(frozen=True)
@@ -73,22 +107,40 @@ class LiveProcess:
     heartbeat_age_s: float | None  # since its last heartbeat; None: not a registered run (an older hpsearch)
 
 
-def live_processes(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[LiveProcess]:
+def live_processes(spec: StudySpec, storage: RetryingStorage) -> list[LiveProcess]:
     """The runs working on ``spec`` now, with their RUNNING trials, registered runs first."""
     running: Counter[tuple[str, int]] = Counter()
     stage_of: dict[tuple[str, int], str] = {}
-    for stage, study in stage_studies(spec, storage):
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if study else []:
-            owner = (str(trial.user_attrs.get(ATTR_HOST, "?")), int(trial.user_attrs.get(ATTR_PID, -1)))
+    for stage, study_id in stage_study_ids(spec, storage):
+        for owner in running_owners(storage, study_id) if study_id is not None else []:
             running[owner] += 1
             stage_of[owner] = stage.name
     now = time.time()
     found = []
-    for run in live_runs(storage.engine, spec.name, GRACE_S):  # type: ignore[attr-defined]
+    for run in storage.call_with_retries("list the runs", live_runs, storage.engine, spec.name, GRACE_S):
         owner = (run.host, run.pid)
         found.append(LiveProcess(run.host, run.pid, run.stage or "-", running.pop(owner, 0), max(0.0, now - run.seen_at)))
     found.extend(LiveProcess(host, pid, stage_of[(host, pid)], n, None) for (host, pid), n in sorted(running.items()))
     return found
+
+
+def running_owners(storage: RetryingStorage, study_id: int) -> list[tuple[str, int]]:
+    """``(host, pid)`` of each RUNNING trial of the study (``("?", -1)`` where the trial does not say)."""
+    t, a = _TRIALS.c, _USER_ATTRS.c
+    owner_attr = sa.and_(a.trial_id == t.trial_id, a.key.in_((ATTR_HOST, ATTR_PID)))
+    query = (sa.select(t.trial_id, a.key, a.value_json).select_from(_TRIALS.outerjoin(_USER_ATTRS, owner_attr))
+             .where(t.study_id == study_id, t.state == TrialState.RUNNING))
+
+    def read() -> list[tuple[str, int]]:
+        attrs: dict[int, dict[str, Any]] = {}
+        with storage.engine.connect() as conn:
+            for trial_id, key, value_json in conn.execute(query):
+                found = attrs.setdefault(trial_id, {})
+                if key is not None:  # None: the trial has neither attribute (outer join)
+                    found[key] = json.loads(value_json)
+        return [(str(found.get(ATTR_HOST, "?")), int(found.get(ATTR_PID, -1))) for found in attrs.values()]
+
+    return storage.call_with_retries("read the running trials", read)
 
 
 def format_processes(processes: Sequence[LiveProcess]) -> str:
@@ -125,16 +177,20 @@ def format_spaces(spec: StudySpec, rows: Sequence[StageStatus]) -> str:
     return "\n".join(lines)
 
 
-def overall_best(spec: StudySpec, storage: optuna.storages.BaseStorage) -> tuple[StageSpec, FrozenTrial]:
+def overall_best(spec: StudySpec, storage: RetryingStorage) -> tuple[StageSpec, FrozenTrial]:
     """The best complete trial over all stages."""
-    candidates = [(s.stage, s.best) for s in status(spec, storage) if s.best is not None]
+    candidates = []
+    for stage, study_id in stage_study_ids(spec, storage):
+        best = best_of(storage, study_id) if study_id is not None else None
+        if best is not None:
+            candidates.append((stage, best))
     if not candidates:
         raise HpsearchError(f"study {spec.name} has no complete trial yet; run: hpsearch run STUDY.yaml")
     sign = -1.0 if spec.maximize else 1.0
     return min(candidates, key=lambda c: sign * c[1].value)  # type: ignore[operator]
 
 
-def best_record(spec: StudySpec, storage: optuna.storages.BaseStorage) -> dict[str, Any]:
+def best_record(spec: StudySpec, storage: RetryingStorage) -> dict[str, Any]:
     """``{"stage", "trial", "value", "params", "metrics"}`` of the best trial, ready for JSON."""
     stage, trial = overall_best(spec, storage)
     names = trial.user_attrs.get("metrics", [])
@@ -147,35 +203,25 @@ def best_record(spec: StudySpec, storage: optuna.storages.BaseStorage) -> dict[s
     }
 
 
-def trials_frame(spec: StudySpec, storage: optuna.storages.BaseStorage) -> pd.DataFrame:
-    """One row per trial of every started stage, with a ``stage`` column first."""
-    frames = []
-    for stage, study in stage_studies(spec, storage):
-        if study is None:
-            continue
-        frame = study.trials_dataframe(multi_index=False)
-        frame.insert(0, "stage", stage.name)
-        frames.append(frame)
-    if not frames:
-        return pd.DataFrame({"stage": []})
-    return pd.concat(frames, ignore_index=True)
+def trials_frame(spec: StudySpec, storage: RetryingStorage) -> pd.DataFrame:
+    """One row per trial of every started stage, with a ``stage`` column first (see :mod:`hpsearch.export`)."""
+    from hpsearch import export as exporting  # here: pyarrow is a slow import that status and best do without
+
+    return exporting.trials_frame(storage, _started(spec, storage))
 
 
-def export(spec: StudySpec, storage: optuna.storages.BaseStorage, out: str | Path) -> int:
-    """Write every trial to ``out`` (.csv or .parquet); returns the number of rows."""
+def export(spec: StudySpec, storage: RetryingStorage, out: str | Path) -> int:
+    """Write every trial to ``out`` (.csv or .parquet), a chunk of trials at a time; returns the number of rows."""
+    from hpsearch import export as exporting
+
     out = Path(out)
     if out.suffix not in EXPORT_SUFFIXES:
         raise HpsearchError(f"--out {out}: unknown file type {out.suffix or '(none)'!r}; use one of: {', '.join(EXPORT_SUFFIXES)}")
-    frame = trials_frame(spec, storage)
-    for column in frame.columns:
-        if frame[column].map(lambda v: isinstance(v, (list, dict))).any():
-            frame[column] = frame[column].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".csv":
-        frame.to_csv(out, index=False)
-    else:
-        frame.to_parquet(out, index=False)
-    return len(frame)
+    return exporting.export(storage, _started(spec, storage), out)
+
+
+def _started(spec: StudySpec, storage: RetryingStorage) -> list[tuple[str, int]]:
+    return [(stage.name, study_id) for stage, study_id in stage_study_ids(spec, storage) if study_id is not None]
 
 
 def format_status(rows: Sequence[StageStatus], direction: str) -> str:

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 import copy
 import datetime
 import json
 import logging
 import time
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 import uuid
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.storages._cached_storage import _StudyInfo
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.study import StudyDirection
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
+import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 import sqlalchemy.event
 
@@ -76,6 +79,12 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         # one that did not was answered from the cache and says nothing about an outage.
         self._checkouts = 0
         sqlalchemy.event.listen(backend.engine, "checkout", self._count_checkout)
+        self._histories: dict[int, TrialSource] = {}
+        self._param_distributions: dict[tuple[int, str], optuna.distributions.BaseDistribution] = {}
+        self._created: tuple[int, FrozenTrial] | None = None  # the trial this process created last
+        # trial id -> {name: (internal value, distribution)}: parameters waiting for write_trial.
+        self._deferred: dict[int, dict[str, tuple[float, optuna.distributions.BaseDistribution]]] = {}
+        self._deferred_steps: dict[int, dict[int, float]] = {}  # trial id -> {step: intermediate value}
 
     def _count_checkout(self, *args: Any) -> None:
         self._checkouts += 1
@@ -88,6 +97,91 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     def engine(self) -> Engine:
         """The SQLAlchemy engine, for SQL of one's own (run it through :meth:`call_with_retries`)."""
         return self._rdb.engine
+
+    @property
+    def rdb(self) -> optuna.storages.RDBStorage:
+        """Optuna's storage underneath, uncached: for reads that must bypass the cache of all trials."""
+        return self._rdb
+
+    # What the stage loop changes about Optuna's view of a running stage.
+    def show_history(self, study_id: int, history: TrialSource | None) -> None:
+        """Answer ``get_all_trials`` of ``study_id`` from ``history`` (None: from the database again).
+
+        Samplers and pruners read a study's trials through ``get_all_trials``; the stage loop gives
+        them a bounded view (see :mod:`hpsearch.history`) instead of every trial of the stage.
+        """
+        if history is None:
+            self._histories.pop(study_id, None)
+        else:
+            self._histories[study_id] = history
+
+    def defer_writes(self, trial_id: int) -> None:
+        """Keep the parameters and intermediate values written to ``trial_id`` until :meth:`write_trial`.
+
+        Optuna's ``Trial`` keeps what it wrote in memory too, so its sampler and pruner see them at once.
+        """
+        self._deferred.setdefault(trial_id, {})
+        self._deferred_steps.setdefault(trial_id, {})
+
+    def write_trial(self, trial_id: int, *, user_attrs: Mapping[str, Any] | None = None, heartbeat: bool = False,
+                    statements: Sequence[sa.Executable] = (), state: TrialState | None = None,
+                    values: Sequence[float] | None = None) -> None:
+        """Write to a RUNNING trial in one transaction: its deferred parameters, ``user_attrs``, a heartbeat,
+        and last (``state``: COMPLETE, PRUNED or FAIL) its values and final state.
+
+        ``statements`` run in the same transaction (hpsearch's own bookkeeping). Optuna writes each
+        attribute and parameter, and the end of a trial, in a transaction of its own, reading the
+        trial back around each: a trial's ~20 of them cost as many commits.
+        Safe to repeat: attributes and heartbeats are upserts, parameters found written are skipped,
+        and a trial found already in ``state`` was ended by the first attempt.
+
+        Raises:
+            optuna.exceptions.UpdateFinishedTrialError: the trial finished (another run failed it).
+        """
+        if state is not None and not state.is_finished():
+            raise ValueError(f"write_trial ends a trial as COMPLETE, PRUNED or FAIL, not {state.name}")
+        deferring = trial_id in self._deferred
+        params = self._deferred.pop(trial_id, {})
+        steps = self._deferred_steps.pop(trial_id, {})
+        if deferring and state is None:
+            self.defer_writes(trial_id)  # still running: keep deferring what comes next
+        attempts = 0
+
+        def write() -> None:
+            nonlocal attempts
+            attempts += 1
+            todo = params
+            if attempts > 1:
+                written = self._rdb.get_trial(trial_id)
+                if state is not None and written.state is state:
+                    return  # the first attempt did commit
+                todo = {k: v for k, v in params.items() if k not in written.params}
+            rdb = self._rdb
+            with _create_scoped_session(rdb.scoped_session, True) as session:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=state is not None)
+                rdb.check_trial_is_updatable(trial_id, cast(TrialState, trial.state))
+                if todo:
+                    self._write_params(session, int(trial.study_id), trial_id, todo)
+                if user_attrs:
+                    _write_attrs(session, models.TrialUserAttributeModel, trial_id, user_attrs)
+                if steps:
+                    _write_steps(session, trial_id, steps)
+                if heartbeat:
+                    _beat(session, trial_id)
+                for statement in statements:
+                    session.execute(statement)
+                if state is not None:  # RDBStorage.set_trial_state_values, in this transaction
+                    for objective, value in enumerate(values or ()):
+                        rdb._set_trial_value_without_commit(session, trial, objective, value)
+                    trial.state = state
+                    trial.datetime_complete = datetime.datetime.now()
+
+        try:
+            self.call_with_retries("write a trial", write)
+        except BaseException:
+            self._deferred.pop(trial_id, None)  # it failed or ended elsewhere: nothing more to keep for it
+            self._deferred_steps.pop(trial_id, None)
+            raise
 
     def call_with_retries(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, repeated on a transient storage fault for up to :func:`retry_budget_s`.
@@ -118,6 +212,24 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         if self._outage_since is None:
             self._outage_since = time.monotonic()
             _logger.warning("storage %s: %s; retrying for up to %g s", self._masked, reason, retry_budget_s())
+
+    def _write_params(self, session: Any, study_id: int, trial_id: int,
+                      params: Mapping[str, tuple[float, optuna.distributions.BaseDistribution]]) -> None:
+        """RDBStorage.set_trial_param for several parameters: one INSERT, and each name's distribution
+        checked against the study's once per process (Optuna queries for it on every write)."""
+        p = models.TrialParamModel
+        rows = []
+        for name, (value, distribution) in params.items():
+            known = self._param_distributions.get((study_id, name))
+            if known is None:
+                previous = (session.query(p.distribution_json).join(models.TrialModel)
+                            .filter(models.TrialModel.study_id == study_id, p.param_name == name).first())
+                known = distribution if previous is None else optuna.distributions.json_to_distribution(previous[0])
+            optuna.distributions.check_distribution_compatibility(known, distribution)
+            self._param_distributions[(study_id, name)] = known
+            rows.append({"trial_id": trial_id, "param_name": name, "param_value": value,
+                         "distribution_json": optuna.distributions.distribution_to_json(distribution)})
+        session.execute(sa.insert(p.__table__), rows)
 
     # Studies.
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
@@ -192,7 +304,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
             if attempts > 1:
                 existing = self._trial_with_write_id(study_id, write_id)
                 if existing is not None:  # the first attempt did create it: take that trial
-                    self._remember(study_id, self._rdb.get_trial(existing))
+                    self._created = (existing, self._rdb.get_trial(existing))
                     return existing
             return self._create_trial_once(study_id, template)
 
@@ -203,22 +315,29 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         # lost, that loop would insert the trial again; ours looks for the write id first.
         with _create_scoped_session(self._rdb.scoped_session) as session:
             models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)  # numbers trials in turn
-            model = self._rdb._get_prepared_new_trial(study_id, template, session)
+            bare = copy.copy(template)
+            bare.user_attrs, bare.system_attrs = {}, {}  # written below in one statement each, not one per key
+            if bare.params or bare.intermediate_values or bare.values is not None or bare.state is not TrialState.RUNNING:
+                model = self._rdb._get_prepared_new_trial(study_id, bare, session)
+            else:
+                model = _new_running_trial(session, study_id, template.datetime_start)
+            for table, attrs in ((models.TrialUserAttributeModel, template.user_attrs),
+                                 (models.TrialSystemAttributeModel, template.system_attrs)):
+                if attrs:
+                    _write_attrs(session, table, int(model.trial_id), attrs)
             trial = copy.deepcopy(template)
             trial.number, trial._trial_id = int(model.number), int(model.trial_id)
             trial.datetime_start = cast(datetime.datetime, model.datetime_start)
-        self._remember(study_id, trial)
+        # Trial() reads the trial it is given at once; that read is answered with what we wrote.
+        self._created = (trial._trial_id, trial)
         return trial._trial_id
-
-    def _remember(self, study_id: int, trial: FrozenTrial) -> None:
-        """Put a trial we created in the cache, as ``_CachedStorage.create_new_trial`` does."""
-        cached = self._cached
-        with cached._lock:
-            cached._studies.setdefault(study_id, _StudyInfo())
-            cached._add_trials_to_cache(study_id, [trial])
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: optuna.distributions.BaseDistribution) -> None:
+        deferred = self._deferred.get(trial_id)
+        if deferred is not None:
+            deferred[param_name] = (param_value_internal, distribution)
+            return
         self.call_with_retries("write a trial parameter", self._cached.set_trial_param,
                                trial_id, param_name, param_value_internal, distribution)
 
@@ -285,6 +404,10 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         return None if row is None else int(row[0])
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        deferred = self._deferred_steps.get(trial_id)
+        if deferred is not None:
+            deferred[step] = intermediate_value
+            return
         self.call_with_retries("write an intermediate value", self._cached.set_trial_intermediate_value,
                                trial_id, step, intermediate_value)
 
@@ -295,11 +418,30 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         self.call_with_retries("write a trial attribute", self._cached.set_trial_system_attr, trial_id, key, value)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
+        created, self._created = self._created, None
+        if created is not None and created[0] == trial_id:
+            return copy.deepcopy(created[1])
         return self.call_with_retries("read a trial", self._cached.get_trial, trial_id)
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        history = self._histories.get(study_id)
+        if history is not None:
+            return history.trials(states, deepcopy)
         return self.call_with_retries("read the trials", self._cached.get_all_trials, study_id, deepcopy, states)
+
+    def get_n_trials(self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None) -> int:
+        # One COUNT in SQL; Optuna's default reads every trial of the study to count them.
+        t = models.TrialModel.__table__
+        query = sa.select(sa.func.count()).select_from(t).where(t.c.study_id == study_id)
+        if state is not None:
+            query = query.where(t.c.state.in_((state,) if isinstance(state, TrialState) else state))
+
+        def count() -> int:
+            with self._rdb.engine.connect() as conn:
+                return int(conn.execute(query).scalar() or 0)
+
+        return self.call_with_retries("count the trials", count)
 
     def remove_session(self) -> None:
         self._rdb.remove_session()
@@ -316,6 +458,88 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
 
     def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
         return self._cached.get_heartbeat_stale_trial_callback()
+
+
+def _new_running_trial(session: Any, study_id: int, start: datetime.datetime | None) -> models.TrialModel:
+    """RDBStorage._get_prepared_new_trial for a bare RUNNING trial, numbered by a lookup, not a count.
+
+    Optuna numbers a trial by counting the study's earlier trials, which grows with the study. Under
+    the study's row lock (taken by the caller), the earlier trial with the highest id holds the
+    number before ours: an index lookup.
+    """
+    trial = models.TrialModel(study_id=study_id, number=None, state=TrialState.RUNNING,
+                              datetime_start=start or datetime.datetime.now())
+    session.add(trial)
+    session.flush()  # assigns trial_id
+    t = models.TrialModel
+    before = (session.query(t.number).filter(t.study_id == study_id, t.trial_id < trial.trial_id)
+              .order_by(t.trial_id.desc()).limit(1).scalar())
+    trial.number = 0 if before is None else int(before) + 1
+    return trial
+
+
+def _write_attrs(session: Any, model: Any, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """Upsert trial attributes in one statement (Optuna writes one per statement and transaction)."""
+    table = model.__table__
+    rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(table).values(rows)
+        session.execute(insert.on_conflict_do_update(index_elements=[table.c.trial_id, table.c.key],
+                                                     set_={"value_json": insert.excluded.value_json}))
+    elif dialect == "mysql":
+        mysql = mysql_insert(table).values(rows)
+        session.execute(mysql.on_duplicate_key_update(value_json=mysql.inserted.value_json))
+    else:  # what Optuna does elsewhere
+        for row in rows:
+            found = session.query(model).filter(model.trial_id == trial_id, model.key == row["key"]).one_or_none()
+            if found is None:
+                session.add(model(**row))
+            else:
+                found.value_json = row["value_json"]
+
+
+def _write_steps(session: Any, trial_id: int, steps: Mapping[int, float]) -> None:
+    """Upsert intermediate values in one statement (RDBStorage.set_trial_intermediate_value, several at once)."""
+    model = models.TrialIntermediateValueModel
+    table = model.__table__
+    rows = []
+    for step, value in steps.items():
+        stored, kind = model.intermediate_value_to_stored_repr(value)
+        rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind})
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(table).values(rows)
+        session.execute(insert.on_conflict_do_update(
+            index_elements=[table.c.trial_id, table.c.step],
+            set_={"intermediate_value": insert.excluded.intermediate_value,
+                  "intermediate_value_type": insert.excluded.intermediate_value_type}))
+    elif dialect == "mysql":
+        mysql = mysql_insert(table).values(rows)
+        session.execute(mysql.on_duplicate_key_update(intermediate_value=mysql.inserted.intermediate_value,
+                                                      intermediate_value_type=mysql.inserted.intermediate_value_type))
+    else:
+        for row in rows:
+            found = session.query(model).filter(model.trial_id == trial_id, model.step == row["step"]).one_or_none()
+            if found is None:
+                session.add(model(**row))
+            else:
+                found.intermediate_value, found.intermediate_value_type = row["intermediate_value"], row["intermediate_value_type"]
+
+
+def _beat(session: Any, trial_id: int) -> None:
+    """RDBStorage.record_heartbeat, inside a transaction of ours."""
+    heartbeat = models.TrialHeartbeatModel.where_trial_id(trial_id, session)
+    if heartbeat is None:
+        session.add(models.TrialHeartbeatModel(trial_id=trial_id))
+    else:
+        heartbeat.heartbeat = session.execute(sa.func.now()).scalar()
+
+
+class TrialSource(Protocol):
+    """What answers ``get_all_trials`` for a study instead of the database (a :class:`~hpsearch.history.StageHistory`)."""
+
+    def trials(self, states: Container[TrialState] | None = None, deepcopy: bool = False) -> list[FrozenTrial]: ...
 
 
 def _with_write_id(template: FrozenTrial | None, write_id: str) -> FrozenTrial:

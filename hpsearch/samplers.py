@@ -32,6 +32,7 @@ class SamplerPlan:
     make: SamplerMaker  # seed → sampler
     configs: tuple[dict[str, Any], ...] | None = None  # None: the sampler draws freely, no bound
     seed: int = 0
+    reads_history: bool = False  # whether the sampler models past trials (the stage reads them first)
 
     def sampler_for(self, number: int) -> optuna.samplers.BaseSampler:
         """The sampler of trial ``number``, seeded by the stage's seed and that number."""
@@ -46,7 +47,7 @@ def _random(space: Space, grid: Mapping[str, int], seed: int) -> SamplerPlan:
 
 
 def _tpe(space: Space, grid: Mapping[str, int], seed: int) -> SamplerPlan:
-    return SamplerPlan(lambda s: optuna.samplers.TPESampler(seed=s, constant_liar=True), seed=seed)
+    return SamplerPlan(lambda s: optuna.samplers.TPESampler(seed=s, constant_liar=True), seed=seed, reads_history=True)
 
 
 def _grid(space: Space, grid: Mapping[str, int], seed: int) -> SamplerPlan:

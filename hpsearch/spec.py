@@ -39,7 +39,9 @@ TOP_KEYS = (
     "name", "storage", "metric", "direction", "seed", "data", "model", "train", "space",
     "stages", "sampler", "trials", "grid", "max_failures", "executor", "pruner", "timeout",
 )
-STAGE_KEYS = ("name", "sampler", "trials", "grid", "max_failures", "timeout", "pruner", "narrow", "freeze", "warm_start")
+STAGE_KEYS = ("name", "sampler", "trials", "grid", "max_failures", "timeout", "pruner", "narrow", "freeze", "warm_start",
+              "history")
+HISTORY_KEYS = ("recent", "best")
 SHORTHAND_KEYS = ("sampler", "trials", "grid", "max_failures", "timeout")
 NARROW_KEYS = ("top", "margin", "keep_min")
 EXECUTOR_KEYS = ("kind", "workers", "address", "gpus_per_trial", "cpus_per_trial", "dashboard")
@@ -71,6 +73,15 @@ class NarrowSpec:
 
 
 @dataclass(frozen=True)
+class HistoryLimits:
+    """How many past trials of a stage samplers (TPE) and pruners model: the ``recent`` latest finished
+    ones and the ``best`` best complete ones. It bounds their cost per trial however large the stage grows."""
+
+    recent: int = 1000
+    best: int = 100
+
+
+@dataclass(frozen=True)
 class StageSpec:
     """One stage: an Optuna study run with one sampler up to a budget of finished trials."""
 
@@ -84,6 +95,7 @@ class StageSpec:
     narrow: NarrowSpec | None = None  # None: the previous stage's space as it is (the original for the first)
     freeze: tuple[str, ...] = ()  # parameters fixed at the previous stage's best value
     warm_start: int = 0  # the previous stage's best N configurations run first
+    history: HistoryLimits = HistoryLimits()
 
     @property
     def derived(self) -> bool:
@@ -395,7 +407,18 @@ def _stage(raw: Any, path: str, space: Space, default_name: str | None, first: b
     narrow = _narrow(raw.get("narrow"), at("narrow"))
     freeze = _freeze(raw.get("freeze"), at("freeze"), space)
     warm_start = spec_int(raw.get("warm_start", 0), at("warm_start"), minimum=0)
-    return StageSpec(name, sampler, trials, grid, max_failures, timeout, pruner, narrow, freeze, warm_start)
+    history = _history(raw.get("history"), at("history"))
+    return StageSpec(name, sampler, trials, grid, max_failures, timeout, pruner, narrow, freeze, warm_start, history)
+
+
+def _history(raw: Any, path: str) -> HistoryLimits:
+    if raw is None:
+        return HistoryLimits()
+    raw = _mapping(raw, path)
+    spec_keys(raw, HISTORY_KEYS, path)
+    default = HistoryLimits()
+    return HistoryLimits(spec_int(raw.get("recent", default.recent), f"{path}.recent", minimum=1),
+                         spec_int(raw.get("best", default.best), f"{path}.best", minimum=1))
 
 
 def _narrow(raw: Any, path: str) -> NarrowSpec | None:

@@ -139,7 +139,7 @@ def run_tune(trials: int, epochs: int, workers: int, reuse: bool, tmp: str) -> N
         if not reports:  # diverged before its first epoch ended; Tune insists on a result
             tune.report({spec.metric: float("inf")})
 
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
     search = OptunaSearch(space=DefineByRun(spec.space), metric=spec.metric, mode="min", sampler=optuna.samplers.RandomSampler(seed=0))
     tuner = tune.Tuner(
         tune.with_parameters(trainable, spec=spec, data=data),  # Tune's way to ship data to trials

@@ -140,7 +140,7 @@ class SlurmCluster:
             "MailProg": "/bin/true",
             "SlurmdTimeout": 300,
             "InactiveLimit": 0,
-            "KillWait": 10,
+            "KillWait": 30,  # SLURM's default
             "MinJobAge": 600,  # finished jobs stay visible to scontrol for a while
             "NodeName": f"{self.node} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN",
             # FORCE:4 lets up to four tasks share a core, so an array of 3 runs at once on two cores.
