@@ -67,7 +67,7 @@ def measure(size: int, sampler: str, recent: int, more: int, epochs: int, pruner
     raw["data"]["csv"] = str(ROOT / "studies" / "data" / "cars93.csv")
     raw["space"].pop("momentum")
     stage = {"name": "s", "sampler": sampler, "trials": 1, "history": {"recent": recent, "best": max(1, recent // 10)},
-             **({"grid": {"lr": 10_000}} if sampler == "grid" else {})}
+             **({"grid": {"lr": 40_000}} if sampler == "grid" else {})}  # 240,000 points
     raw["stages"] = [stage]
     storage = open_storage(url)
     run_study(parse_spec(raw), storage, executor=InstantExecutor(epochs=epochs))
