@@ -480,51 +480,42 @@ def _new_running_trial(session: Any, study_id: int, start: datetime.datetime | N
 
 def _write_attrs(session: Any, model: Any, trial_id: int, attrs: Mapping[str, Any]) -> None:
     """Upsert trial attributes in one statement (Optuna writes one per statement and transaction)."""
-    table = model.__table__
     rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-    dialect = session.get_bind().dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(table).values(rows)
-        session.execute(insert.on_conflict_do_update(index_elements=[table.c.trial_id, table.c.key],
-                                                     set_={"value_json": insert.excluded.value_json}))
-    elif dialect == "mysql":
-        mysql = mysql_insert(table).values(rows)
-        session.execute(mysql.on_duplicate_key_update(value_json=mysql.inserted.value_json))
-    else:  # what Optuna does elsewhere
-        for row in rows:
-            found = session.query(model).filter(model.trial_id == trial_id, model.key == row["key"]).one_or_none()
-            if found is None:
-                session.add(model(**row))
-            else:
-                found.value_json = row["value_json"]
+    _upsert(session, model, rows, ("trial_id", "key"), ("value_json",))
 
 
 def _write_steps(session: Any, trial_id: int, steps: Mapping[int, float]) -> None:
     """Upsert intermediate values in one statement (RDBStorage.set_trial_intermediate_value, several at once)."""
     model = models.TrialIntermediateValueModel
-    table = model.__table__
     rows = []
     for step, value in steps.items():
         stored, kind = model.intermediate_value_to_stored_repr(value)
         rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind})
+    _upsert(session, model, rows, ("trial_id", "step"), ("intermediate_value", "intermediate_value_type"))
+
+
+def _upsert(session: Any, model: Any, rows: Sequence[dict[str, Any]], keys: Sequence[str], updated: Sequence[str]) -> None:
+    """Insert ``rows``, or update their ``updated`` columns where a row with the same ``keys`` exists.
+
+    One statement on SQLite, PostgreSQL and MySQL, as Optuna upserts a single attribute on each.
+    """
+    table = model.__table__
     dialect = session.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
-        insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(table).values(rows)
-        session.execute(insert.on_conflict_do_update(
-            index_elements=[table.c.trial_id, table.c.step],
-            set_={"intermediate_value": insert.excluded.intermediate_value,
-                  "intermediate_value_type": insert.excluded.intermediate_value_type}))
+        insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(table).values(list(rows))
+        session.execute(insert.on_conflict_do_update(index_elements=[table.c[k] for k in keys],
+                                                     set_={c: insert.excluded[c] for c in updated}))
     elif dialect == "mysql":
-        mysql = mysql_insert(table).values(rows)
-        session.execute(mysql.on_duplicate_key_update(intermediate_value=mysql.inserted.intermediate_value,
-                                                      intermediate_value_type=mysql.inserted.intermediate_value_type))
-    else:
+        mysql = mysql_insert(table).values(list(rows))
+        session.execute(mysql.on_duplicate_key_update({c: mysql.inserted[c] for c in updated}))
+    else:  # what Optuna does elsewhere: look each row up
         for row in rows:
-            found = session.query(model).filter(model.trial_id == trial_id, model.step == row["step"]).one_or_none()
+            found = session.query(model).filter_by(**{k: row[k] for k in keys}).one_or_none()
             if found is None:
                 session.add(model(**row))
             else:
-                found.intermediate_value, found.intermediate_value_type = row["intermediate_value"], row["intermediate_value_type"]
+                for c in updated:
+                    setattr(found, c, row[c])
 
 
 def _beat(session: Any, trial_id: int) -> None:

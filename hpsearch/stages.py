@@ -176,12 +176,7 @@ def ranked_trials(study: optuna.Study) -> list[Ranked]:
     Read in SQL, parameters only: a stage of 100,000 trials ranks in a second or two, not minutes.
     """
     storage = study._storage
-    rdb = getattr(storage, "rdb", None)
-    if rdb is None:  # a storage of the user's own (in memory): Optuna's way
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        rows = [Ranked(t.number, float(t.value), dict(t.params)) for t in trials]  # type: ignore[arg-type]
-    else:
-        rows = storage.call_with_retries("rank the trials", _ranked_rows, rdb.engine, study._study_id)  # type: ignore[attr-defined]
+    rows = storage.call_with_retries("rank the trials", _ranked_rows, storage.engine, study._study_id)  # type: ignore[attr-defined]
     sign = -1.0 if study.direction is optuna.study.StudyDirection.MAXIMIZE else 1.0
     return sorted(rows, key=lambda r: (sign * r.value, r.number))
 
@@ -541,10 +536,8 @@ def fail_abandoned(study: optuna.Study) -> list[FrozenTrial]:
 def _trials_in(study: optuna.Study, state: TrialState) -> list[FrozenTrial]:
     """The trials of ``study`` in ``state``, read from the database by hpsearch's index (not the whole study)."""
     storage = study._storage
-    rdb = getattr(storage, "rdb", None)
-    if rdb is None:
-        return study.get_trials(deepcopy=False, states=(state,))
-    return storage.call_with_retries("read the trials", rdb.get_all_trials, study._study_id, False, (state,))  # type: ignore[attr-defined, no-any-return]
+    return storage.call_with_retries("read the trials", storage.rdb.get_all_trials,  # type: ignore[attr-defined, no-any-return]
+                                     study._study_id, False, (state,))
 
 
 def pop_waiting(study: optuna.Study) -> int | None:

@@ -83,12 +83,11 @@ def train_once(spec: Any, data: Any, params: Mapping[str, Any], seed: int,
     return train(config, data, Reporter(report))
 
 
-def run_optuna(trials: int, epochs: int, storage: str | None) -> None:
+def optuna_objective(spec: Any, data: Any) -> Callable[[Any], float]:
+    """Plain Optuna's objective: the same trial, reporting each epoch to Optuna's pruner."""
     import optuna
 
     from hpsearch.space import suggest
-
-    spec, data = load(epochs)
 
     def objective(trial: optuna.Trial) -> float:
         def report(epoch: int, metrics: Mapping[str, float]) -> bool:
@@ -100,9 +99,16 @@ def run_optuna(trials: int, epochs: int, storage: str | None) -> None:
             raise optuna.TrialPruned
         return float(result.best_metrics[spec.metric])
 
+    return objective
+
+
+def run_optuna(trials: int, epochs: int, storage: str | None) -> None:
+    import optuna
+
+    spec, data = load(epochs)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(objective, n_trials=trials)
+    study.optimize(optuna_objective(spec, data), n_trials=trials)
     if len(study.trials) != trials:
         raise SystemExit(f"Optuna ran {len(study.trials)} trials; {trials} asked for")
 

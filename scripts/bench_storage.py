@@ -127,9 +127,7 @@ def optuna_one(url: str, trials: int) -> None:
     import optuna
 
     sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_overhead import load, train_once
-
-    from hpsearch.space import suggest
+    from bench_overhead import load, optuna_objective
 
     spec, data = load(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -137,22 +135,12 @@ def optuna_one(url: str, trials: int) -> None:
     took: list[float] = []
     start = [time.perf_counter()]
 
-    def objective(trial: optuna.Trial) -> float:
-        def report(epoch: int, metrics: Any) -> bool:
-            trial.report(metrics[spec.metric], epoch)
-            return trial.should_prune()
-
-        result = train_once(spec, data, suggest(trial, spec.space), trial.number, report)
-        if result.best_epoch is None:
-            raise optuna.TrialPruned
-        return float(result.best_metrics[spec.metric])
-
     def lap(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         now = time.perf_counter()
         took.append(now - start[0])
         start[0] = now
 
-    study.optimize(objective, n_trials=trials, callbacks=[lap])
+    study.optimize(optuna_objective(spec, data), n_trials=trials, callbacks=[lap])
     print(f"{took[0]:.4f} {statistics.median(took[1:]):.4f}")
 
 
