@@ -17,6 +17,9 @@ import io
 import json
 import math
 from pathlib import Path
+import subprocess
+import sys
+import textwrap
 import time
 from typing import Any
 import uuid
@@ -35,7 +38,7 @@ from hpsearch.retrying import RetryingStorage
 from hpsearch.spec import StudySpec, load_spec
 from hpsearch.storage import database_url, open_storage
 from tests.bulk import bulk_add
-from tests.helpers import CARS, base_study, cli, write_study
+from tests.helpers import CARS, ROOT, base_study, cli, write_study
 from tests.servers import MARIADB, POSTGRES, require_server
 
 BULK = 3_000
@@ -177,7 +180,7 @@ def reads_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         yield statements
     finally:
         sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
-    writes = [s for s in statements if not s.lstrip().upper().startswith(("SELECT", "PRAGMA", "SHOW", "DESCRIBE"))]
+    writes = [s for s in statements if not s.lstrip().upper().startswith(("SELECT", "PRAGMA", "SHOW", "DESCRIBE", "SET LOCAL"))]
     assert not writes, writes
 
 
@@ -252,11 +255,15 @@ def test_export_equals_optunas_trials_dataframe(built: Built, tmp_path: Path, mo
         assert not any(cell.lower() == "nan" for row in csv.reader(text) for cell in row)
     assert not list(tmp_path.glob(".*partial"))
 
-    # Read in chunks: one query of the trials per chunk, and one per stage that finds no more.
+    # Read in chunks: one query of the trials per chunk (in this process with one worker), and one per
+    # stage that finds the chunks' edges.
     chunks = sum(-(-len(trials) // chunk) for trials in built.trials.values())
+    monkeypatch.setattr(exporting, "MAX_WORKERS", 1)
     reads_only.clear()
     assert results.export(built.spec(), _storage(built), tmp_path / "again.csv") == len(expected)
-    assert sum("ORDER BY trials.trial_id" in s and "LIMIT" in s for s in reads_only) == chunks + len(STAGES)
+    assert sum("trials.datetime_start" in s for s in reads_only) == chunks
+    assert sum("row_number()" in s for s in reads_only) == len(STAGES)
+    assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "t.csv").read_bytes()
 
 
 def test_an_export_that_fails_leaves_no_file(built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -272,8 +279,54 @@ def test_an_export_that_fails_leaves_no_file(built: Built, tmp_path: Path, monke
 def test_export_of_values_of_mixed_kinds() -> None:
     chunks = [exporting.Chunk("s", 2, {"a": [1, None], "b": [1, 2.5], "c": [True, None]}),
               exporting.Chunk("s", 2, {"a": ["x", 2], "b": [None, 3], "c": [None, None]})]
-    frame = exporting.arrow_table(["stage", "a", "b", "c"], chunks).to_pandas()
+    columns = ["stage", "a", "b", "c"]
+    frame = exporting.combined(columns, (exporting.arrow_chunk(columns, c) for c in chunks)).to_pandas()
     # Ints and text in one column: text, as a CSV has it; ints with floats: floats; a chunk without values: empty.
     pd.testing.assert_series_equal(frame["a"], pd.Series(["1", None, "x", "2"], name="a"))
     pd.testing.assert_series_equal(frame["b"], pd.Series([1.0, 2.5, None, 3.0], name="b"))
     assert frame["c"].tolist() == [True, None, None, None]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_export_of_a_study_alone_in_its_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    # Trial ids 1..n all the study's: its keys are found by id range, without the join the others take.
+    url = f"sqlite:///{tmp_path / 'alone.db'}"
+    study = optuna.create_study(study_name="alone/s", storage=url)
+    for i in range(41):
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        trial.suggest_int("n", 1, 9)
+        trial.suggest_categorical("c", ["a", "b"])
+        trial.set_user_attr("k", i)
+        if i % 7 == 0:
+            trial.set_user_attr("rare", [i, "seven"])
+        study.tell(trial, float(i) if i % 5 else None, state=TrialState.COMPLETE if i % 5 else TrialState.FAIL)
+    monkeypatch.setattr(exporting, "CHUNK_TRIALS", 8)  # 6 chunks over 3 processes
+    storage = open_storage(url, create=False)
+    stage = [("s", study._study_id)]
+    expected = _expected_frame({"s": study})
+    pd.testing.assert_frame_equal(exporting.trials_frame(storage, stage, workers=workers), expected)
+    assert exporting.export(storage, stage, tmp_path / "alone.csv", workers=workers) == len(expected)
+    pd.testing.assert_frame_equal(_read_csv(tmp_path / "alone.csv"), _read_csv(io.StringIO(expected.to_csv(index=False))))
+
+
+def test_export_runs_its_parts_in_processes_of_their_own(tmp_path: Path) -> None:
+    # In a fresh interpreter, with no other thread; one with threads of its own stays in-process.
+    code = textwrap.dedent("""
+        import os, sys, threading
+        from hpsearch.export import in_processes
+        from hpsearch.storage import open_storage
+
+        storage = open_storage(sys.argv[1])
+        pids = in_processes(storage, [os.getpid] * 3)
+        assert len(set(pids)) == 3 and os.getpid() not in pids, pids
+        try:
+            in_processes(storage, [os.getpid, lambda: 1 // 0])
+        except ZeroDivisionError:
+            pass
+        else:
+            raise AssertionError("the error of a call in another process was not raised")
+        threading.Thread(target=threading.Event().wait, args=(5,), daemon=True).start()
+        assert in_processes(storage, [os.getpid] * 2) == [os.getpid()] * 2
+    """)
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{tmp_path / 'x.db'}"], check=True, cwd=ROOT)
