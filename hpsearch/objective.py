@@ -18,10 +18,10 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.sql import Executable
 
+from hpsearch.retrying import TrialWrite
 from hpsearch.spec import StudySpec
 from hpsearch.train import StopReason, TrainConfig, TrainResult, build_train_config
 
@@ -69,19 +69,52 @@ def result_attrs(result: TrainResult) -> dict[str, Any]:
 WRITE_EVERY_S = 1.0
 
 
+class WriteBatch:
+    """The epochs and placements of every running trial, written together in one transaction at most
+    every :data:`WRITE_EVERY_S`: a pack of fused trials reports dozens of epochs at once, and a
+    transaction for each would keep the database, not the training, busy."""
+
+    def __init__(self, storage: Any) -> None:
+        self._storage = storage
+        self._dirty: dict[int, TrialRecorder] = {}
+        self._written_at = time.monotonic()
+
+    def add(self, recorder: TrialRecorder) -> None:
+        self._dirty[recorder.number] = recorder
+
+    def drop(self, recorder: TrialRecorder) -> None:
+        self._dirty.pop(recorder.number, None)
+
+    def flush_if_due(self) -> None:
+        if self._dirty and time.monotonic() - self._written_at >= WRITE_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        recorders, self._dirty = list(self._dirty.values()), {}
+        if recorders:
+            gone = self._storage.write_trials([r.take_write() for r in recorders])
+            for recorder in recorders:
+                # Another run failed it as abandoned (this run was suspended past the grace period).
+                recorder.gone = recorder.trial._trial_id in gone
+        self._written_at = time.monotonic()
+
+
 class TrialRecorder:
     """Records one running trial in its study; every method is called by the orchestrating process.
 
     Writes go through :meth:`RetryingStorage.write_trial <hpsearch.retrying.RetryingStorage.write_trial>`,
-    a transaction for each step of the trial (start, placement, each epoch, the end) rather than one
-    for every attribute. :attr:`frozen` is the trial as written so far, kept here so that nothing has
+    a transaction for each step of the trial (start, placement, epochs, the end) rather than one for
+    every attribute; with a :class:`WriteBatch`, its placement and epochs go with the other running
+    trials'. :attr:`frozen` is the trial as written so far, kept here so that nothing has
     to read it back.
     """
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial, metric: str,
-                 first_write: Sequence[Executable] = ()) -> None:
+                 first_write: Sequence[Executable] = (), batch: WriteBatch | None = None) -> None:
         self.study = study
         self.trial = trial
+        self._batch = batch  # None: each recorder writes its epochs itself
+        self.gone = False  # failed by another run: stop training it
         self._metric = metric
         self._first_write = list(first_write)  # statements of the caller's, run with the first write
         self._pending: dict[str, Any] = {}  # attributes not written yet
@@ -101,30 +134,32 @@ class TrialRecorder:
     def _write(self, attrs: Mapping[str, Any], heartbeat: bool = False, state: TrialState | None = None,
                value: float | None = None) -> None:
         """Write ``attrs`` with everything pending (parameters, intermediate values, attributes) in one transaction."""
-        statements, self._first_write = self._first_write, []
-        attrs = {**self._pending, **attrs}
-        self._pending = {}
-        self.frozen.user_attrs.update(attrs)
+        self._pending.update(attrs)
+        write = self.take_write()
         self.study._storage.write_trial(  # type: ignore[attr-defined]
-            self.trial._trial_id, user_attrs=attrs, heartbeat=heartbeat, statements=statements,
+            write.trial_id, user_attrs=write.user_attrs, heartbeat=heartbeat, statements=write.statements,
             state=state, values=None if value is None else [value])
-        self._written_at = time.monotonic()
 
     def _write_soon(self, attrs: Mapping[str, Any]) -> None:
-        """Write now if the last write is WRITE_EVERY_S old, else with the next write (at the latest, the end).
+        """Write now if the last write is WRITE_EVERY_S old, else with the next write (at the latest, the end);
+        with a :class:`WriteBatch`, with the batch's next write.
 
         Epochs of seconds or more are each written as they end; a trial of many fast epochs is not
         a transaction per epoch (the pruner decides on what the trial object holds, written or not).
         """
         self._pending.update(attrs)
-        if time.monotonic() - self._written_at >= WRITE_EVERY_S:
+        if self._batch is not None:
+            self._batch.add(self)
+        elif time.monotonic() - self._written_at >= WRITE_EVERY_S:
             self._write({})
 
-    def heartbeat(self) -> None:
-        """Tell other runs this trial is alive; one silent for the grace period is failed by them."""
-        storage = self.study._storage  # Optuna wraps the RDBStorage; the wrapper records heartbeats too
-        if is_heartbeat_enabled(storage):
-            storage.record_heartbeat(self.trial._trial_id)  # type: ignore[attr-defined]
+    def take_write(self) -> TrialWrite:
+        """What is pending (attributes, the first statements) as one write, made by :meth:`_write` or a :class:`WriteBatch`."""
+        statements, self._first_write = self._first_write, []
+        attrs, self._pending = self._pending, {}
+        self.frozen.user_attrs.update(attrs)
+        self._written_at = time.monotonic()
+        return TrialWrite(self.trial._trial_id, attrs, statements=statements)
 
     def placed(self, placement: Mapping[str, Any]) -> None:
         """Record where the trial runs: ``worker_host``, ``worker_pid``, ``node_id``, ``gpus`` ..."""
@@ -135,6 +170,8 @@ class TrialRecorder:
 
     def report(self, epoch: int, metrics: Mapping[str, float]) -> bool:
         """Record the monitored metric of an epoch; True when the pruner says stop."""
+        if self.gone:
+            return True
         value = metrics.get(self._metric)
         if value is None or not math.isfinite(value):
             return False
@@ -166,6 +203,10 @@ class TrialRecorder:
         self._end({ATTR_FAIL: reason, **({ATTR_LOST: True} if lost else {})}, TrialState.FAIL, None)
 
     def _end(self, attrs: Mapping[str, Any], state: TrialState, value: float | None) -> TrialState:
+        if self._batch is not None:
+            self._batch.drop(self)  # what it holds is written now, with the end
+        if self.gone:
+            return TrialState.FAIL  # another run failed it as abandoned; its slot runs again
         try:
             self._write(attrs, state=state, value=value)
         except UpdateFinishedTrialError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container, Mapping, Sequence
 import copy
+from dataclasses import dataclass, field
 import datetime
 import json
 import logging
@@ -35,6 +36,18 @@ _logger = logging.getLogger("hpsearch.storage")
 # A trial system attribute written with each trial creation and claim, so that a retry after an
 # ambiguous failure (the commit may have happened) can tell whether the first attempt took effect.
 WRITE_ID_ATTR = "hpsearch:write_id"
+
+
+@dataclass(frozen=True)
+class TrialWrite:
+    """One trial's part of :meth:`RetryingStorage.write_trials`; the fields are :meth:`~RetryingStorage.write_trial`'s."""
+
+    trial_id: int
+    user_attrs: Mapping[str, Any] = field(default_factory=dict)
+    heartbeat: bool = False
+    statements: Sequence[sa.Executable] = ()
+    state: TrialState | None = None
+    values: Sequence[float] | None = None
 
 
 class RetryingStorage(BaseStorage, BaseHeartbeat):
@@ -138,50 +151,89 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         Raises:
             optuna.exceptions.UpdateFinishedTrialError: the trial finished (another run failed it).
         """
-        if state is not None and not state.is_finished():
-            raise ValueError(f"write_trial ends a trial as COMPLETE, PRUNED or FAIL, not {state.name}")
-        deferring = trial_id in self._deferred
-        params = self._deferred.pop(trial_id, {})
-        steps = self._deferred_steps.pop(trial_id, {})
-        if deferring and state is None:
-            self.defer_writes(trial_id)  # still running: keep deferring what comes next
+        write = TrialWrite(trial_id, user_attrs or {}, heartbeat, statements, state, values)
+        if self.write_trials([write], skip_finished=False):
+            raise AssertionError("unreachable: a finished trial raises")
+
+    def write_trials(self, writes: Sequence[TrialWrite], *, skip_finished: bool = True) -> set[int]:
+        """Make several :meth:`write_trial` writes in one transaction; returns the ids of the trials skipped.
+
+        A trial found finished (another run failed it as abandoned) is skipped, and the others written;
+        with ``skip_finished`` False it raises ``UpdateFinishedTrialError`` instead.
+        """
+        for w in writes:
+            if w.state is not None and not w.state.is_finished():
+                raise ValueError(f"write_trial ends a trial as COMPLETE, PRUNED or FAIL, not {w.state.name}")
+        pending = []
+        for w in writes:
+            deferring = w.trial_id in self._deferred
+            params = self._deferred.pop(w.trial_id, {})
+            steps = self._deferred_steps.pop(w.trial_id, {})
+            if deferring and w.state is None:
+                self.defer_writes(w.trial_id)  # still running: keep deferring what comes next
+            pending.append((w, params, steps))
         attempts = 0
+        skipped: set[int] = set()
 
         def write() -> None:
             nonlocal attempts
             attempts += 1
-            todo = params
-            if attempts > 1:
-                written = self._rdb.get_trial(trial_id)
-                if state is not None and written.state is state:
-                    return  # the first attempt did commit
-                todo = {k: v for k, v in params.items() if k not in written.params}
+            skipped.clear()
             rdb = self._rdb
             with _create_scoped_session(rdb.scoped_session, True) as session:
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=state is not None)
-                rdb.check_trial_is_updatable(trial_id, cast(TrialState, trial.state))
-                if todo:
-                    self._write_params(session, int(trial.study_id), trial_id, todo)
-                if user_attrs:
-                    _write_attrs(session, models.TrialUserAttributeModel, trial_id, user_attrs)
-                if steps:
-                    _write_steps(session, trial_id, steps)
-                if heartbeat:
-                    _beat(session, trial_id)
-                for statement in statements:
-                    session.execute(statement)
-                if state is not None:  # RDBStorage.set_trial_state_values, in this transaction
-                    for objective, value in enumerate(values or ()):
-                        rdb._set_trial_value_without_commit(session, trial, objective, value)
-                    trial.state = state
-                    trial.datetime_complete = datetime.datetime.now()
+                for w, params, steps in pending:
+                    todo = params
+                    if attempts > 1:
+                        written = self._rdb.get_trial(w.trial_id)
+                        if w.state is not None and written.state is w.state:
+                            continue  # the first attempt did commit
+                        todo = {k: v for k, v in params.items() if k not in written.params}
+                    trial = models.TrialModel.find_or_raise_by_id(w.trial_id, session, for_update=w.state is not None)
+                    if skip_finished and cast(TrialState, trial.state).is_finished():
+                        skipped.add(w.trial_id)
+                        continue
+                    rdb.check_trial_is_updatable(w.trial_id, cast(TrialState, trial.state))
+                    if todo:
+                        self._write_params(session, int(trial.study_id), w.trial_id, todo)
+                    if w.user_attrs:
+                        _write_attrs(session, models.TrialUserAttributeModel, w.trial_id, w.user_attrs)
+                    if steps:
+                        _write_steps(session, w.trial_id, steps)
+                    if w.heartbeat:
+                        _beat(session, w.trial_id)
+                    for statement in w.statements:
+                        session.execute(statement)
+                    if w.state is not None:  # RDBStorage.set_trial_state_values, in this transaction
+                        for objective, value in enumerate(w.values or ()):
+                            rdb._set_trial_value_without_commit(session, trial, objective, value)
+                        trial.state = w.state
+                        trial.datetime_complete = datetime.datetime.now()
 
         try:
-            self.call_with_retries("write a trial", write)
+            self.call_with_retries("write a trial" if len(writes) == 1 else f"write {len(writes)} trials", write)
         except BaseException:
-            self._deferred.pop(trial_id, None)  # it failed or ended elsewhere: nothing more to keep for it
-            self._deferred_steps.pop(trial_id, None)
+            for w in writes:  # failed, or ended elsewhere: nothing more to keep for them
+                self._deferred.pop(w.trial_id, None)
+                self._deferred_steps.pop(w.trial_id, None)
             raise
+        for trial_id in skipped:
+            self._deferred.pop(trial_id, None)
+            self._deferred_steps.pop(trial_id, None)
+        return set(skipped)
+
+    def beat(self, trial_ids: Sequence[int]) -> None:
+        """Record a heartbeat of every trial of ``trial_ids`` in one transaction (their rows exist:
+        a trial's first heartbeat is written when it starts, see :meth:`write_trial`)."""
+        beats = models.TrialHeartbeatModel.__table__
+
+        def write() -> None:
+            with _create_scoped_session(self._rdb.scoped_session, True) as session:
+                for start in range(0, len(trial_ids), 500):  # well under every database's limit on parameters
+                    session.execute(sa.update(beats).where(beats.c.trial_id.in_(trial_ids[start:start + 500]))
+                                    .values(heartbeat=sa.func.now()))
+
+        if trial_ids:
+            self.call_with_retries("record heartbeats", write)
 
     def call_with_retries(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, repeated on a transient storage fault for up to :func:`retry_budget_s`.
@@ -497,17 +549,20 @@ def _write_steps(session: Any, trial_id: int, steps: Mapping[int, float]) -> Non
 def _upsert(session: Any, model: Any, rows: Sequence[dict[str, Any]], keys: Sequence[str], updated: Sequence[str]) -> None:
     """Insert ``rows``, or update their ``updated`` columns where a row with the same ``keys`` exists.
 
-    One statement on SQLite, PostgreSQL and MySQL, as Optuna upserts a single attribute on each.
+    One statement on SQLite, PostgreSQL and MySQL (executed for each row), as Optuna upserts a single
+    attribute on each.
     """
     table = model.__table__
     dialect = session.get_bind().dialect.name
+    # The rows go as parameters of one statement (executemany), so the statement compiles once per
+    # process instead of once for each number of rows.
     if dialect in ("sqlite", "postgresql"):
-        insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(table).values(list(rows))
+        insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(table)
         session.execute(insert.on_conflict_do_update(index_elements=[table.c[k] for k in keys],
-                                                     set_={c: insert.excluded[c] for c in updated}))
+                                                     set_={c: insert.excluded[c] for c in updated}), list(rows))
     elif dialect == "mysql":
-        mysql = mysql_insert(table).values(list(rows))
-        session.execute(mysql.on_duplicate_key_update({c: mysql.inserted[c] for c in updated}))
+        mysql = mysql_insert(table)
+        session.execute(mysql.on_duplicate_key_update({c: mysql.inserted[c] for c in updated}), list(rows))
     else:  # what Optuna does elsewhere: look each row up
         for row in rows:
             found = session.query(model).filter_by(**{k: row[k] for k in keys}).one_or_none()

@@ -19,6 +19,7 @@ import yaml
 
 from hpsearch import executors, pruners, samplers
 from hpsearch.errors import ConfigError, SpecError, did_you_mean, one_of
+from hpsearch.executors.base import ExecutorSpec
 from hpsearch.narrow import top_count
 from hpsearch.pruners import PrunerSpec
 from hpsearch.space import (
@@ -44,7 +45,8 @@ STAGE_KEYS = ("name", "sampler", "trials", "grid", "max_failures", "timeout", "p
 HISTORY_KEYS = ("recent", "best")
 SHORTHAND_KEYS = ("sampler", "trials", "grid", "max_failures", "timeout")
 NARROW_KEYS = ("top", "margin", "keep_min")
-EXECUTOR_KEYS = ("kind", "workers", "address", "gpus_per_trial", "cpus_per_trial", "dashboard")
+EXECUTOR_KEYS = ("kind", "workers", "fuse", "address", "gpus_per_trial", "cpus_per_trial", "dashboard")
+MAX_FUSE = 4096  # trials in one pack: beyond this even a large GPU gains nothing more per trial
 RAY_ONLY_KEYS = ("address", "gpus_per_trial", "cpus_per_trial", "dashboard")
 Direction = Literal["minimize", "maximize"]
 DIRECTIONS: tuple[Direction, ...] = ("minimize", "maximize")
@@ -101,16 +103,6 @@ class StageSpec:
     def derived(self) -> bool:
         """Whether this stage's space is derived from the previous stage's trials."""
         return self.narrow is not None or bool(self.freeze)
-
-
-@dataclass(frozen=True)
-class ExecutorSpec:
-    kind: str = "local"
-    workers: int = 1
-    address: str | None = None  # ray: None starts an embedded Ray; "auto" or "HOST:PORT" joins a cluster
-    gpus_per_trial: float = 0.0
-    cpus_per_trial: float = 1.0
-    dashboard: bool = False  # ray: start Ray's web dashboard with the embedded Ray
 
 
 @dataclass(frozen=True)
@@ -510,6 +502,9 @@ def _executor(raw: Any) -> ExecutorSpec:
     if kind not in executors.names():
         raise SpecError("executor.kind", f"unknown executor {kind!r}{did_you_mean(str(kind), executors.names())}; {one_of(executors.names())}")
     workers = spec_int(raw.get("workers", 1), "executor.workers", minimum=1)
+    fuse = spec_int(raw.get("fuse", 1), "executor.fuse", minimum=1)
+    if fuse > MAX_FUSE:
+        raise SpecError("executor.fuse", f"must be at most {MAX_FUSE} trials in one pack, got {fuse}")
     if kind != "ray":
         for key in RAY_ONLY_KEYS:
             if key in raw:
@@ -527,7 +522,7 @@ def _executor(raw: Any) -> ExecutorSpec:
     if dashboard and address is not None:
         raise SpecError("executor.dashboard", "starts the dashboard of the Ray that hpsearch starts (address: null); "
                                               "a cluster's dashboard is its head's: ray start --head --include-dashboard=true")
-    return ExecutorSpec(str(kind), workers, address, gpus, cpus, dashboard)
+    return ExecutorSpec(str(kind), workers, address, gpus, cpus, dashboard, fuse)
 
 
 def _ray_address(value: Any) -> str:

@@ -300,6 +300,8 @@ class StageRun:
             if self.study.user_attrs.get(key) != value:
                 self.study.set_user_attr(key, value)
         self.running: dict[int, objective.TrialRecorder] = {}
+        self.batch = objective.WriteBatch(storage)  # the running trials' epochs, written together
+        self._no_queue_until = 0.0  # no trial queued with enqueue_trial: look again then
         # What samplers, pruners and progress see of the stage: bounded, read incrementally.
         self.history = StageHistory(storage, self.study._study_id, self.study.direction, stage.history)
         self.failures = _Failure()
@@ -340,9 +342,9 @@ class StageRun:
                 else:
                     self._wait()
                 now = time.monotonic()
+                self.batch.flush_if_due()
                 if now - last_beat > HEARTBEAT_S / 2:
-                    for recorder in self.running.values():
-                        recorder.heartbeat()
+                    self._beat()
                     self.registry.beat()
                     last_beat = now
                 if now - last_check > _RECLAIM_S:
@@ -371,6 +373,12 @@ class StageRun:
                 f"stage {self.stage.name} stopped after {self.failures.count} failed trials "
                 f"(max_failures={self.stage.max_failures}); last failure: {self.failures.last}"
             )
+
+    def _beat(self) -> None:
+        """Tell other runs our trials are alive (one transaction for all); one silent for the grace period is failed."""
+        storage = self.study._storage
+        if is_heartbeat_enabled(storage):
+            storage.beat([recorder.trial._trial_id for recorder in self.running.values()])  # type: ignore[attr-defined]
 
     def _over(self) -> bool:
         """Nothing of ours runs: is the stage over for this process?"""
@@ -428,7 +436,7 @@ class StageRun:
         fixed, attrs = self._assignment(claim)
         storage = self.study._storage
         attrs = {**objective.owner_attrs(), objective.ATTR_SLOT: claim.slot, objective.ATTR_ATTEMPT: claim.attempt, **attrs}
-        trial_id = None if fixed else pop_waiting(self.study)
+        trial_id = None if fixed else self._pop_waiting()
         if trial_id is None:
             template = FrozenTrial(
                 number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
@@ -445,7 +453,18 @@ class StageRun:
         trial = optuna.Trial(self.study, trial_id)
         # Seeded by the trial's number: no two runs (or a run and its resumption) draw alike.
         self.study.sampler = self.plan.sampler_for(trial.number)
-        return objective.TrialRecorder(self.study, trial, self.spec.metric, first_write=[self.claims.bind_statement(claim, trial_id)])
+        return objective.TrialRecorder(self.study, trial, self.spec.metric, batch=self.batch,
+                                       first_write=[self.claims.bind_statement(claim, trial_id)])
+
+    def _pop_waiting(self) -> int | None:
+        """A trial queued with ``enqueue_trial``; while none is queued, looked for every _RECLAIM_S, not per trial."""
+        now = time.monotonic()
+        if now < self._no_queue_until:
+            return None
+        trial_id = pop_waiting(self.study)
+        if trial_id is None:
+            self._no_queue_until = now + _RECLAIM_S
+        return trial_id
 
     def _assignment(self, claim: Claim) -> tuple[dict[str, Any], dict[str, Any]]:
         """The fixed parameters and extra attributes of the trial that fills ``claim``."""

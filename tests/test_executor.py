@@ -11,6 +11,8 @@ import io
 import os
 from pathlib import Path
 import signal
+import subprocess
+import sys
 import time
 
 import optuna
@@ -21,7 +23,7 @@ from hpsearch.executors import Executor, TrialJob, make_executor
 from hpsearch.progress import ProgressListener
 from hpsearch.spec import ExecutorSpec, parse_spec
 from hpsearch.train import TrainResult, build_train_config, parse_data_config
-from tests.helpers import BOOM_MODEL, CARS, base_study
+from tests.helpers import BOOM_MODEL, CARS, ROOT, base_study
 
 
 @pytest.fixture(params=executors.names())
@@ -142,3 +144,9 @@ def test_progress_bar_on_a_terminal_and_lines_elsewhere() -> None:
         text = stream.getvalue()
         assert "cars/coarse" in text and f"best {study.best_value:.6g}" in text
         assert ("3/4" in text) if live else ("trial 1 complete" in text and "[3/4]" in text)
+
+
+def test_executors_do_not_import_the_study_file_parser() -> None:
+    # spec imports the executor registry to check executor.kind; the executors need no spec (no import circle).
+    code = "import sys, hpsearch.executors, hpsearch.executors.packs; assert 'hpsearch.spec' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

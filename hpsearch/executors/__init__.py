@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from hpsearch.executors.base import Executor, TrialHandler, TrialJob
+from hpsearch.executors.base import Executor, ExecutorSpec, TrialHandler, TrialJob
 from hpsearch.executors.local import LocalExecutor
-
-if TYPE_CHECKING:  # spec imports this registry to validate executor.kind
-    from hpsearch.spec import ExecutorSpec
 
 
 def _local(spec: ExecutorSpec) -> Executor:
-    return LocalExecutor(spec.workers)
+    return LocalExecutor(spec.workers, fuse=spec.fuse)
 
 
 def _ray(spec: ExecutorSpec) -> Executor:
@@ -33,4 +29,4 @@ def make_executor(spec: ExecutorSpec) -> Executor:
     return _REGISTRY[spec.kind](spec)
 
 
-__all__ = ["Executor", "LocalExecutor", "TrialHandler", "TrialJob", "make_executor", "names"]
+__all__ = ["Executor", "ExecutorSpec", "LocalExecutor", "TrialHandler", "TrialJob", "make_executor", "names"]

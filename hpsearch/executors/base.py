@@ -17,6 +17,19 @@ from hpsearch.train import DataConfig, TrainConfig, TrainResult
 
 
 @dataclass(frozen=True)
+class ExecutorSpec:
+    """The ``executor:`` section of a study file, validated (by :mod:`hpsearch.spec`)."""
+
+    kind: str = "local"
+    workers: int = 1
+    address: str | None = None  # ray: None starts an embedded Ray; "auto" or "HOST:PORT" joins a cluster
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0
+    dashboard: bool = False  # ray: start Ray's web dashboard with the embedded Ray
+    fuse: int = 1  # trials a worker trains at once as one batched model (hpsearch.train.fused)
+
+
+@dataclass(frozen=True)
 class TrialJob:
     """One trial to train. ``key`` identifies it in the handler's callbacks (the trial number)."""
 

@@ -1,15 +1,16 @@
-"""Local executor: ``workers`` long-lived processes on this machine, one trial each at a time.
+"""Local executor: ``workers`` long-lived processes on this machine, each training one trial at a time,
+or with ``fuse: N`` a pack of up to N trials at once (:mod:`hpsearch.executors.packs`).
 
 Processes are spawned (not forked: the parent may hold threads and open database connections) and
 kept for the whole run, so each pays for importing torch and loading the data once. A worker talks
-to the parent over a pipe: it sends every epoch's metrics and waits for the word to go on or stop,
-then sends the result. A worker that dies fails its trial and is replaced.
+to the parent over a pipe: for each trial it trains it sends every epoch's metrics and waits for
+the word to go on or stop, then sends the result. A worker that dies fails its trials and is replaced.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import multiprocessing
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -21,6 +22,7 @@ from typing import Any
 
 from hpsearch.errors import HpsearchError
 from hpsearch.executors.base import Executor, TrialHandler, TrialJob
+from hpsearch.executors.packs import PackQueue
 
 _JOIN_S = 5.0
 
@@ -29,62 +31,83 @@ _JOIN_S = 5.0
 class _Worker:
     process: BaseProcess
     conn: Connection
-    job: TrialJob | None = None
+    jobs: dict[int, TrialJob] = field(default_factory=dict)  # the trials it trains, by key
 
 
 class LocalExecutor(Executor):
-    """Runs trials in ``workers`` spawned processes; torch threads are split evenly between them."""
+    """Runs trials in ``workers`` spawned processes; torch threads are split evenly between them.
 
-    def __init__(self, workers: int, threads_per_worker: int | None = None) -> None:
-        self.capacity = workers
+    With ``fuse`` > 1 it holds up to ``workers * fuse`` trials: submitted trials wait until
+    :meth:`poll`, which hands each idle worker a pack (see :func:`hpsearch.executors.packs.next_pack`).
+    """
+
+    def __init__(self, workers: int, threads_per_worker: int | None = None, fuse: int = 1) -> None:
+        self.capacity = workers * fuse
+        self._processes = workers
+        self._fuse = fuse
         self._threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
         self._ctx = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []
+        self._pending = PackQueue(fuse)
 
     def running(self) -> int:
-        return sum(w.job is not None for w in self._workers)
+        return len(self._pending) + sum(len(w.jobs) for w in self._workers)
 
     def submit(self, job: TrialJob) -> None:
-        worker = next((w for w in self._workers if w.job is None), None)
-        if worker is None:
-            if len(self._workers) >= self.capacity:
-                raise RuntimeError("submit() needs a free slot")
-            worker = self._start_worker()
-        worker.job = job
-        worker.conn.send(job)
+        if self.free_slots() <= 0:
+            raise RuntimeError("submit() needs a free slot")
+        self._pending.add(job)
+        if self._fuse == 1:  # else at the next poll, once the caller has submitted all it can
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand the waiting trials to idle workers, starting workers up to ``workers``."""
+        while self._pending:
+            worker = next((w for w in self._workers if not w.jobs), None)
+            if worker is None:
+                if len(self._workers) >= self._processes:
+                    return
+                worker = self._start_worker()
+            pack = self._pending.take()
+            worker.jobs = {job.key: job for job in pack}
+            worker.conn.send(pack)
 
     def poll(self, handler: TrialHandler, timeout: float) -> None:
+        self._dispatch()
         # A worker is ready when it sent something (its pipe) or when it died (its sentinel).
         waitables: dict[Any, _Worker] = {}
         for w in self._workers:
-            if w.job is not None:
+            if w.jobs:
                 waitables[w.conn] = waitables[w.process.sentinel] = w
         for ready in wait(list(waitables), timeout):
             worker = waitables[ready]
-            if worker.job is not None:
+            if worker.jobs:
                 self._serve(worker, handler)
+        self._dispatch()
 
     def _serve(self, worker: _Worker, handler: TrialHandler) -> None:
-        job = worker.job
-        assert job is not None
         try:
             # Drain everything this worker has said; a report must be answered before it goes on.
-            while worker.job is not None and (worker.conn.poll() or not worker.process.is_alive()):
-                kind, *body = worker.conn.recv()
+            while worker.jobs and (worker.conn.poll() or not worker.process.is_alive()):
+                kind, key, *body = worker.conn.recv()
                 if kind == "report":
-                    worker.conn.send(handler.on_report(job.key, *body))
-                    continue
-                if kind == "start":
-                    handler.on_start(job.key, body[0])
-                    continue
-                worker.job = None
-                if kind == "result":
-                    handler.on_result(job.key, body[0])
-                else:
-                    handler.on_error(job.key, body[0], body[1])
+                    worker.conn.send(handler.on_report(key, *body))
+                elif kind == "reports":  # a pack's epoch: every member's report, one answer each
+                    worker.conn.send([handler.on_report(*report) for report in body[0]])
+                elif kind == "start":
+                    handler.on_start(key, body[0])
+                elif kind == "result":
+                    worker.jobs.pop(key)
+                    handler.on_result(key, body[0])
+                else:  # an error of one trial, or (key None) of the pack: every trial not ended yet
+                    for failed in [key] if key is not None else list(worker.jobs):
+                        worker.jobs.pop(failed)
+                        handler.on_error(failed, body[0], body[1])
         except (EOFError, OSError):
+            lost = list(worker.jobs)
             self._replace(worker)
-            handler.on_error(job.key, f"worker process died (exit code {worker.process.exitcode})", "", lost=True)
+            for key in lost:
+                handler.on_error(key, f"worker process died (exit code {worker.process.exitcode})", "", lost=True)
 
     def _start_worker(self) -> _Worker:
         parent, child = self._ctx.Pipe()
@@ -96,14 +119,15 @@ class LocalExecutor(Executor):
         return worker
 
     def _replace(self, worker: _Worker) -> None:
-        worker.job = None
+        worker.jobs = {}
         worker.conn.close()
         worker.process.join(_JOIN_S)
         self._workers.remove(worker)
 
     def close(self) -> None:
+        self._pending.clear()
         for w in self._workers:
-            if w.job is None:
+            if not w.jobs:
                 try:
                     w.conn.send(None)  # ask an idle worker to leave
                 except OSError:
@@ -123,16 +147,29 @@ class _ParentGone(Exception):
     pass
 
 
-class _PipeReporter:
-    """The worker's side of a trial's reports: send the metrics, wait for go on / stop."""
+class _PipeEvents:
+    """The worker's side of its trials' reports: send the metrics, wait for go on / stop; send results."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    def report(self, epoch: int, metrics: Mapping[str, float]) -> bool:
+    def report(self, key: int, epoch: int, metrics: Mapping[str, float]) -> bool:
         try:
-            self._conn.send(("report", epoch, dict(metrics)))
+            self._conn.send(("report", key, epoch, dict(metrics)))
             return bool(self._conn.recv())
+        except (EOFError, OSError):
+            raise _ParentGone from None
+
+    def report_many(self, reports: Any) -> list[bool]:
+        try:
+            self._conn.send(("reports", None, [(key, epoch, dict(metrics)) for key, epoch, metrics in reports]))
+            return list(self._conn.recv())
+        except (EOFError, OSError):
+            raise _ParentGone from None
+
+    def result(self, key: int, result: Any) -> None:
+        try:
+            self._conn.send(("result", key, result))
         except (EOFError, OSError):
             raise _ParentGone from None
 
@@ -142,30 +179,36 @@ def _worker_main(conn: Connection, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
-    from hpsearch.train import load_dataset, train
+    from hpsearch.executors.packs import train_jobs
+    from hpsearch.train import load_dataset
 
     torch.set_num_threads(threads)
     datasets: dict[Any, Any] = {}
+    events = _PipeEvents(conn)
     while True:
         try:
-            job = conn.recv()
+            jobs = conn.recv()
         except (EOFError, OSError):
             return
-        if job is None:
+        if jobs is None:
             return
         try:
-            conn.send(("start", {"worker_host": socket.gethostname(), "worker_pid": os.getpid()}))
-            if job.data not in datasets:
+            placement = {"worker_host": socket.gethostname(), "worker_pid": os.getpid(),
+                         **({"pack": len(jobs)} if len(jobs) > 1 else {})}  # trained with pack - 1 others
+            for job in jobs:
+                conn.send(("start", job.key, placement))
+            data = jobs[0].data
+            if data not in datasets:
                 datasets.clear()  # one study, one dataset: keep memory flat
-                datasets[job.data] = load_dataset(job.data)
-            result = train(job.config, datasets[job.data], _PipeReporter(conn))
-            message: tuple[Any, ...] = ("result", result)
+                datasets[data] = load_dataset(data)
+            train_jobs(jobs, datasets[data], events)
+            continue
         except _ParentGone:
             return
         except HpsearchError as exc:
-            message = ("error", str(exc), "")
-        except Exception as exc:  # noqa: BLE001 - any failure of user code fails only its trial
-            message = ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            message: tuple[Any, ...] = ("error", None, str(exc), "")
+        except Exception as exc:  # noqa: BLE001 - any failure of user code fails only its trials
+            message = ("error", None, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         try:
             conn.send(message)
         except (EOFError, OSError):

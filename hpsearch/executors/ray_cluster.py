@@ -23,7 +23,7 @@ import threading
 import ray
 
 from hpsearch.errors import ExecutorError
-from hpsearch.spec import ExecutorSpec
+from hpsearch.executors.base import ExecutorSpec
 
 _CONNECT_S = 3.0  # a TCP connect to the head's port
 _PROBE_S = 10.0  # a Ray client in a child process must reach the head's GCS

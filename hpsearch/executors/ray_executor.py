@@ -8,14 +8,14 @@ workers as ``workers`` asks for and the nodes hold at once.
 The driver alone touches the storage. It keeps one call outstanding per busy worker and waits on
 all of them at once: a trial's ``start`` answers where it runs, each ``step`` its next report
 (answered go on / stop by the handler, so pruning decides in the driver from the shared storage),
-then its result or error. The driver loads each dataset once and puts it in Ray's object store, so
+then its result or error. With ``fuse: N`` a worker trains a pack of up to N trials at once
+(:mod:`hpsearch.executors.packs`), its members reporting and ending one by one the same way. The driver loads each dataset once and puts it in Ray's object store, so
 nodes need no data files. A worker that dies under a trial (killed, node lost) reports the trial
 lost, so the stage retries it, and is replaced.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 import logging
 import os
@@ -27,10 +27,10 @@ import ray
 from ray.exceptions import RayActorError, RayError
 
 from hpsearch.errors import ExecutorError
-from hpsearch.executors.base import Executor, TrialHandler, TrialJob
+from hpsearch.executors.base import Executor, ExecutorSpec, TrialHandler, TrialJob
+from hpsearch.executors.packs import PackQueue
 from hpsearch.executors.ray_cluster import RaySession, connect, describe, worker_room
 from hpsearch.executors.ray_worker import TrialWorker
-from hpsearch.spec import ExecutorSpec
 from hpsearch.train import DataConfig, load_dataset
 
 _log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ class _Worker:
     handle: Any  # the actor
     probe: Any  # placement() until the worker is up, then None
     placement: dict[str, Any] = field(default_factory=dict)
-    job: TrialJob | None = None
-    call: Any = None  # the outstanding start() or step() of its trial
+    jobs: dict[int, TrialJob] = field(default_factory=dict)  # the trials it trains, by key
+    call: Any = None  # the outstanding start() or step() of its trials
 
 
 class RayExecutor(Executor):
@@ -58,14 +58,15 @@ class RayExecutor(Executor):
         self._spec = spec
         self._session: RaySession = connect(spec)
         self._workers: list[_Worker] = []
-        self._waiting: deque[TrialJob] = deque()
+        self._waiting = PackQueue(spec.fuse)
         self._data: dict[DataConfig, Any] = {}
         self._last_up = time.monotonic()
         try:
-            self.capacity = self._room()
+            room = self._room()
+            self.capacity = room * spec.fuse
             self._actor = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
                                      max_restarts=0)(TrialWorker)
-            self._workers = [self._new_worker() for _ in range(self.capacity)]
+            self._workers = [self._new_worker() for _ in range(room)]
         except BaseException:
             self.close()
             raise
@@ -88,22 +89,24 @@ class RayExecutor(Executor):
         return _Worker(handle, handle.placement.remote())
 
     def running(self) -> int:
-        return len(self._waiting) + sum(w.job is not None for w in self._workers)
+        return len(self._waiting) + sum(len(w.jobs) for w in self._workers)
 
     def submit(self, job: TrialJob) -> None:
         if self.running() >= self.capacity:
             raise RuntimeError("submit() needs a free slot")
-        self._waiting.append(job)
-        self._dispatch()
+        self._waiting.add(job)
+        if self._spec.fuse == 1:  # else at the next poll, once the caller has submitted all it can
+            self._dispatch()
 
     def _dispatch(self) -> None:
-        """Start waiting trials on workers that are up and idle."""
+        """Start waiting trials on workers that are up and idle, a pack each when fusing."""
         for worker in self._workers:
             if not self._waiting:
                 return
-            if worker.probe is None and worker.job is None:
-                worker.job = self._waiting.popleft()
-                worker.call = worker.handle.start.remote(worker.job, [self._dataset(worker.job.data)])
+            if worker.probe is None and not worker.jobs:
+                pack = self._waiting.take()
+                worker.jobs = {job.key: job for job in pack}
+                worker.call = worker.handle.start.remote(pack, [self._dataset(pack[0].data)])
 
     def _dataset(self, data: DataConfig) -> Any:
         """The object reference of ``data``, loaded here and put in the object store once."""
@@ -114,6 +117,7 @@ class RayExecutor(Executor):
 
     def poll(self, handler: TrialHandler, timeout: float) -> None:
         # Answer reports as they come until a trial ends (the caller then starts the next) or time is up.
+        self._dispatch()
         deadline = time.monotonic() + timeout
         while True:
             pending = {w.call: w for w in self._workers if w.call is not None}
@@ -149,33 +153,50 @@ class RayExecutor(Executor):
                 raise ExecutorError(f"executor: no Ray worker could start: {_reason(exc)}") from None
 
     def _serve(self, worker: _Worker, ref: Any, handler: TrialHandler) -> bool:
-        """Handle one event of ``worker``'s trial and make its next call; True when the trial ended."""
-        job = worker.job
-        assert job is not None
+        """Handle one event of ``worker``'s trials and make its next call; True when a trial ended."""
         try:
             event = ray.get(ref)
         except RayActorError as exc:
             where = f"worker_pid {worker.placement.get('worker_pid')} on node {str(worker.placement.get('node_id'))[:12]}"
+            lost = list(worker.jobs)
             self._replace(worker)
-            handler.on_error(job.key, f"the Ray worker running this trial died ({where}): {_reason(exc)}", "", lost=True)
+            for key in lost:
+                handler.on_error(key, f"the Ray worker running this trial died ({where}): {_reason(exc)}", "", lost=True)
             return True
         except RayError as exc:  # the call itself failed there, e.g. the job could not be unpickled
-            worker.job = worker.call = None
-            handler.on_error(job.key, f"the Ray worker could not run this trial: {_reason(exc)}", str(exc))
+            failed, worker.jobs, worker.call = list(worker.jobs), {}, None
+            for key in failed:
+                handler.on_error(key, f"the Ray worker could not run this trial: {_reason(exc)}", str(exc))
             return True
         kind = event[0]
         if kind == "start":
-            handler.on_start(job.key, {**worker.placement, **event[1]})
+            for key in worker.jobs:
+                handler.on_start(key, {**worker.placement, **event[1]})
             worker.call = worker.handle.step.remote(None)
             return False
         if kind == "report":
-            worker.call = worker.handle.step.remote(bool(handler.on_report(job.key, event[1], event[2])))
+            worker.call = worker.handle.step.remote(bool(handler.on_report(event[1], event[2], event[3])))
             return False
-        worker.job = worker.call = None
+        if kind == "reports":  # a pack's epoch: every member's report, one answer each
+            worker.call = worker.handle.step.remote([bool(handler.on_report(*report)) for report in event[2]])
+            return False
         if kind == "result":
-            handler.on_result(job.key, event[1])
-        else:
-            handler.on_error(job.key, event[1], event[2])
+            worker.jobs.pop(event[1])
+            handler.on_result(event[1], event[2])
+            worker.call = worker.handle.step.remote(None)
+            return True
+        if kind == "error" and event[1] is not None:
+            worker.jobs.pop(event[1])
+            handler.on_error(event[1], event[2], event[3])
+            worker.call = worker.handle.step.remote(None)
+            return True
+        # "done", or an error of every trial not over yet: the worker is free.
+        remaining, worker.jobs, worker.call = list(worker.jobs), {}, None
+        for key in remaining:
+            if kind == "error":
+                handler.on_error(key, event[2], event[3])
+            else:
+                handler.on_error(key, "internal: the Ray worker ended its trials without a result for this one", "")
         return True
 
     def _replace(self, worker: _Worker) -> None:

@@ -1,11 +1,16 @@
-"""The Ray actor that trains trials: one trial at a time, in a thread, talking to the driver by return values.
+"""The Ray actor that trains trials: one trial, or one pack of fused trials, at a time, in a thread,
+talking to the driver by return values.
 
-The driver keeps exactly one call outstanding per busy actor. :meth:`TrialWorker.start` launches a
-trial and answers at once with where it runs; each :meth:`TrialWorker.step` hands the training
+The driver keeps exactly one call outstanding per busy actor. :meth:`TrialWorker.start` launches
+the trials and answers at once with where they run; each :meth:`TrialWorker.step` hands the training
 thread the driver's answer to its last report (go on or stop) and returns the thread's next event:
 
-- ``("report", epoch, metrics)``: an epoch ended; the next ``step`` carries the answer;
-- ``("result", TrainResult)`` or ``("error", message, traceback)``: the trial is over.
+- ``("report", key, epoch, metrics)``: an epoch of trial ``key`` ended; the next ``step`` carries the answer;
+- ``("reports", None, [(key, epoch, metrics), ...])``: an epoch of a pack ended; the next ``step`` carries
+  an answer for each;
+- ``("result", key, TrainResult)`` or ``("error", key, message, traceback)``: trial ``key`` is over
+  (``key`` None: every trial of the pack not over yet);
+- ``("done",)``: every trial started is over.
 
 GPU memory is given back after every trial, so a trial never starts on memory an earlier one held.
 This module imports Ray only inside methods: it is loaded by Ray workers, and by the driver only
@@ -15,7 +20,6 @@ when the executor's kind is ray.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-import gc
 import os
 import queue
 import socket
@@ -26,6 +30,7 @@ from typing import Any
 
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.executors.base import TrialJob
+from hpsearch.executors.packs import release_gpu_memory
 
 Event = tuple[Any, ...]
 
@@ -52,7 +57,7 @@ class TrialWorker:
 
         torch.set_num_threads(threads)
         self._events: queue.Queue[Event] = queue.Queue()
-        self._answers: queue.Queue[bool] = queue.Queue()
+        self._answers: queue.Queue[bool | list[bool]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._datasets: dict[Any, Any] = {}
 
@@ -69,28 +74,31 @@ class TrialWorker:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         }
 
-    def start(self, job: TrialJob, data: Sequence[Any]) -> Event:
-        """Start training ``job`` on the dataset ``data[0]`` (an object reference, fetched once per dataset)."""
+    def start(self, jobs: Sequence[TrialJob], data: Sequence[Any]) -> Event:
+        """Start training ``jobs`` (one trial, or a pack of one fusion key) on the dataset ``data[0]`` (an
+        object reference, fetched once per dataset)."""
         if self._thread is not None:
-            return ("error", "internal: a trial started on a busy worker", "")
+            return ("error", None, "internal: trials started on a busy worker", "")
         try:
-            dataset = self._dataset(job, data[0])
-        except Exception as exc:  # noqa: BLE001 - a dataset that cannot be read here fails its trial
-            return ("error", f"loading the data on the Ray worker failed: {type(exc).__name__}: {exc}",
+            dataset = self._dataset(jobs[0], data[0])
+        except Exception as exc:  # noqa: BLE001 - a dataset that cannot be read here fails its trials
+            return ("error", None, f"loading the data on the Ray worker failed: {type(exc).__name__}: {exc}",
                     traceback.format_exc())
         where = _cuda_memory() if self._gpus else {}
-        self._thread = threading.Thread(target=self._train, args=(job, dataset), daemon=True, name=f"trial-{job.key}")
+        self._thread = threading.Thread(target=self._train, args=(jobs, dataset), daemon=True,
+                                        name=f"trial-{jobs[0].key}")
         self._thread.start()
-        return ("start", where)
+        return ("start", {**where, **({"pack": len(jobs)} if len(jobs) > 1 else {})})
 
-    def step(self, answer: bool | None) -> Event:
-        """Pass ``answer`` (stop?) to the trial's last report, then wait for its next event."""
+    def step(self, answer: bool | list[bool] | None) -> Event:
+        """Pass ``answer`` (stop?) to the last report, then wait for the training thread's next event."""
         if answer is not None:
             self._answers.put(answer)
         event = self._events.get()
-        if event[0] != "report" and self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if event[0] == "done" or (event[0] == "error" and event[1] is None):
+            if self._thread is not None:
+                self._thread.join()
+                self._thread = None
         return event
 
     def _dataset(self, job: TrialJob, ref: Any) -> Any:
@@ -101,32 +109,42 @@ class TrialWorker:
             self._datasets[job.data] = ray.get(ref)
         return self._datasets[job.data]
 
-    def _train(self, job: TrialJob, dataset: Any) -> None:
-        from hpsearch.train import train
+    def _train(self, jobs: Sequence[TrialJob], dataset: Any) -> None:
+        from hpsearch.executors.packs import train_jobs
 
-        event: Event
+        event: Event = ("done",)
         try:
-            if job.config.device.startswith("cuda") and not self._gpus:
-                raise ConfigError("device", f"{job.config.device} needs a GPU, but this Ray worker was given none; "
+            device = jobs[0].config.device
+            if device.startswith("cuda") and not self._gpus:
+                raise ConfigError("device", f"{device} needs a GPU, but this Ray worker was given none; "
                                             "set executor.gpus_per_trial (such as 1 or 0.25), or device auto or cpu")
-            event = ("result", train(job.config, dataset, _QueueReporter(self._events, self._answers)))
+            train_jobs(jobs, dataset, _QueueEvents(self._events, self._answers))
         except HpsearchError as exc:
-            event = ("error", str(exc), "")
-        except Exception as exc:  # noqa: BLE001 - any failure of user code (CUDA out of memory too) fails only its trial
-            event = ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        _release_gpu_memory()
+            event = ("error", None, str(exc), "")
+        except Exception as exc:  # noqa: BLE001 - any failure of user code (CUDA out of memory too) fails only its trials
+            event = ("error", None, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        release_gpu_memory()
         self._events.put(event)
 
 
-class _QueueReporter:
-    """The training thread's side of a trial's reports: post the metrics, wait for the driver's answer."""
+class _QueueEvents:
+    """The training thread's side of its trials' reports: post the metrics, wait for the driver's answer."""
 
-    def __init__(self, events: queue.Queue[Event], answers: queue.Queue[bool]) -> None:
+    def __init__(self, events: queue.Queue[Event], answers: queue.Queue[bool | list[bool]]) -> None:
         self._events, self._answers = events, answers
 
-    def report(self, epoch: int, metrics: Mapping[str, float]) -> bool:
-        self._events.put(("report", epoch, {k: float(v) for k, v in metrics.items()}))
-        return self._answers.get()
+    def report(self, key: int, epoch: int, metrics: Mapping[str, float]) -> bool:
+        self._events.put(("report", key, epoch, {k: float(v) for k, v in metrics.items()}))
+        return bool(self._answers.get())
+
+    def report_many(self, reports: Sequence[tuple[int, int, Mapping[str, float]]]) -> list[bool]:
+        self._events.put(("reports", None, [(key, epoch, {k: float(v) for k, v in metrics.items()})
+                                            for key, epoch, metrics in reports]))
+        answers = self._answers.get()
+        return answers if isinstance(answers, list) else [answers] * len(reports)
+
+    def result(self, key: int, result: Any) -> None:
+        self._events.put(("result", key, result))
 
 
 def _cuda_memory() -> dict[str, int]:
@@ -138,19 +156,3 @@ def _cuda_memory() -> dict[str, int]:
     devices = range(torch.cuda.device_count())
     return {"cuda_memory_at_start": sum(torch.cuda.memory_allocated(d) for d in devices),
             "cuda_reserved_at_start": sum(torch.cuda.memory_reserved(d) for d in devices)}
-
-
-def _release_gpu_memory() -> None:
-    """Free what the finished trial held on the GPU: its tensors, cuBLAS's workspaces, the allocator's cache.
-
-    cuBLAS keeps its workspaces (tens of MiB per GPU) in torch's allocator after a matrix product;
-    they would be the next trial's memory at start and the other workers' loss on a shared GPU.
-    """
-    import torch
-
-    if torch.cuda.is_initialized():
-        gc.collect()  # tensors kept alive by reference cycles (a traceback's frames, a model's hooks)
-        clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
-        if clear_workspaces is not None:
-            clear_workspaces()
-        torch.cuda.empty_cache()

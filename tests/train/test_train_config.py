@@ -187,3 +187,16 @@ def test_config_and_data_checks_do_not_import_torch() -> None:
         "assert 'optuna' not in sys.modules and 'ray' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code, str(CARS)], check=True)
+
+
+def test_the_command_line_and_the_fusion_key_do_not_import_torch() -> None:
+    # status, best and export start in about a second; torch alone takes longer to import.
+    code = (
+        "import sys, hpsearch.cli, hpsearch.spec, hpsearch.executors, hpsearch.results, hpsearch.train.fused;"
+        "from hpsearch.train import build_train_config;"
+        "from hpsearch.train.fused import fusion_key;"
+        "assert fusion_key(build_train_config({'kind': 'mlp'}, {'lr': 0.1}, task='regression', monitor='val_mse',"
+        " maximize=False, seed=0)) is not None;"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
