@@ -13,6 +13,8 @@ import contextlib
 import json
 import logging
 import os
+import queue
+import select
 import signal
 import sys
 import threading
@@ -81,10 +83,25 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         stderr.write("hpsearch: interrupted; finished trials are saved, run the same command again to resume\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
+        if not _reader_left(stdout):
+            raise  # a pipe of ours (a worker's) broke: not the reader of our output
         # `hpsearch status ... | head`: the reader left; nothing is wrong with the study.
         if stdout is sys.stdout:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _reader_left(stdout: TextIO) -> bool:
+    """Is ``stdout`` a pipe whose reader has gone (the write end then polls as an error)?"""
+    try:
+        fd = stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False  # not a file: the broken pipe was another one
+    if not hasattr(select, "poll"):
+        return True  # no way to tell here (Windows): take it as the reader's
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def _configure_logging(debug: bool) -> None:
@@ -137,19 +154,33 @@ def _summary(spec: Any, storage: Any, stdout: TextIO) -> None:
 
 @contextlib.contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Ctrl-C and SIGTERM (a batch scheduler's stop) ask the run to stop cleanly; a second Ctrl-C forces it."""
+    """Ctrl-C and SIGTERM (a batch scheduler's stop) ask the run to stop cleanly; a second Ctrl-C forces it.
+
+    The handler runs in the main thread between two bytecodes, possibly while that thread holds
+    ``stop``'s own lock (inside ``stop.wait``): calling ``stop.set()`` there could deadlock. So it
+    only puts the signal on a SimpleQueue (whose put is reentrant) and a thread sets ``stop``.
+    """
+    signals: queue.SimpleQueue[int | None] = queue.SimpleQueue()
 
     def handle(signum: int, frame: object) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
+        if stop.is_set() and signum == signal.SIGINT:  # is_set takes no lock
             raise KeyboardInterrupt
-        stop.set()
+        signals.put(signum)
 
+    def relay() -> None:
+        while signals.get() is not None:
+            stop.set()
+
+    relay_thread = threading.Thread(target=relay, name="hpsearch-signals", daemon=True)
+    relay_thread.start()
     previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        signals.put(None)
+        relay_thread.join()
 
 
 def _validate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:

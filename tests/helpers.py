@@ -59,7 +59,7 @@ def cli(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def _process_env() -> dict[str, str]:
+def process_env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("HPSEARCH_STORAGE", None)
     return env
@@ -67,13 +67,13 @@ def _process_env() -> dict[str, str]:
 
 def cli_process(*args: str, cwd: Path, timeout: float = 240, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run ``python -m hpsearch`` as a separate process, as a user would."""
-    return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=_process_env(), text=True,
+    return subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=cwd, env=process_env(), text=True,
                           capture_output=True, timeout=timeout, **kwargs)
 
 
 def start_run(path: Path, cwd: Path) -> subprocess.Popen[str]:
     """Start ``hpsearch run PATH`` as a separate process and return at once (to signal or kill it)."""
-    return subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(path)], cwd=cwd, env=_process_env(),
+    return subprocess.Popen([sys.executable, "-m", "hpsearch", "run", str(path)], cwd=cwd, env=process_env(),
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

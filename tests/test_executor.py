@@ -114,6 +114,30 @@ def test_a_dead_worker_fails_its_trial_and_is_replaced(make) -> None:  # type: i
     assert handler.placements[1]["worker_pid"] != handler.placements[0]["worker_pid"]  # a new worker
 
 
+def test_a_worker_killed_while_idle_is_replaced_and_the_next_trial_runs(make) -> None:  # type: ignore[no-untyped-def]
+    handler = Recorder()
+    executor = make(1)
+    executor.submit(_job(0, epochs=1))
+    _drain(executor, handler)
+    pid = int(handler.placements[0]["worker_pid"])  # type: ignore[call-overload]
+    os.kill(pid, signal.SIGKILL)  # between two trials, as the OOM killer would
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    executor.submit(_job(1, epochs=2))
+    _drain(executor, handler)
+    assert handler.results[1].epochs_run == 2 and not handler.errors
+    assert handler.placements[1]["worker_pid"] != pid
+
+
+def _alive(pid: int) -> bool:
+    # A killed child of ours stays a zombie until reaped: dead all the same.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def test_a_failing_trial_fails_alone_and_its_worker_goes_on(make, workdir: Path) -> None:  # type: ignore[no-untyped-def]
     (workdir / "boom.py").write_text(BOOM_MODEL)  # a user module in the run's directory, imported by the worker
     handler = Recorder()

@@ -8,12 +8,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import optuna
 from optuna.trial import TrialState
+import pytest
 
+from hpsearch import cli
 from hpsearch.storage import open_storage, quiet_heartbeat_warnings
-from tests.helpers import base_study, cli_process, running_trial, start_run, write_study
+from tests.helpers import base_study, cli_process, process_env, running_trial, start_run, write_study
 
 STORAGE = "sqlite:///runs/cars.db"
 
@@ -68,6 +71,30 @@ def test_sigterm_is_handled_like_ctrl_c(workdir: Path) -> None:
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert TrialState.RUNNING not in _states()
+
+
+@pytest.mark.timeout(60)
+def test_a_signal_that_lands_while_the_run_holds_the_stop_lock_still_stops_it() -> None:
+    # The handler runs in the main thread between two bytecodes, possibly inside stop.wait() while
+    # that thread holds stop's own lock; setting the Event right there would deadlock the run.
+    stop = threading.Event()
+    with cli._stop_on_signals(stop):
+        with stop._cond:  # type: ignore[attr-defined]  # where Event.wait holds it
+            signal.raise_signal(signal.SIGTERM)  # the handler runs here, in this thread
+        assert stop.wait(10)
+
+
+def test_a_reader_that_leaves_early_is_not_an_error(workdir: Path) -> None:
+    # `hpsearch validate study.yaml | head -0`: the reader is gone before the first write.
+    path = write_study(workdir, base_study())
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "hpsearch", "validate", str(path)], cwd=workdir,
+                              env=process_env(), stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
 
 
 def test_sigkill_leaves_running_trials_that_the_next_run_fails_then_completes(workdir: Path) -> None:

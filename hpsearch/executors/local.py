@@ -25,6 +25,7 @@ from hpsearch.executors.base import Executor, TrialHandler, TrialJob
 from hpsearch.executors.packs import PackQueue
 
 _JOIN_S = 5.0
+_RETRY_UNSTARTED = 3  # workers in a row that die before their trials begin: then the trials fail as lost
 
 
 @dataclass
@@ -32,6 +33,7 @@ class _Worker:
     process: BaseProcess
     conn: Connection
     jobs: dict[int, TrialJob] = field(default_factory=dict)  # the trials it trains, by key
+    started: bool = False  # its trials have begun there (their "start" came back)
 
 
 class LocalExecutor(Executor):
@@ -49,6 +51,7 @@ class LocalExecutor(Executor):
         self._ctx = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []
         self._pending = PackQueue(fuse)
+        self._deaths_before_start = 0  # in a row: workers that cannot start at all fail their trials
 
     def running(self) -> int:
         return len(self._pending) + sum(len(w.jobs) for w in self._workers)
@@ -62,6 +65,7 @@ class LocalExecutor(Executor):
 
     def _dispatch(self) -> None:
         """Hand the waiting trials to idle workers, starting workers up to ``workers``."""
+        dead = 0
         while self._pending:
             worker = next((w for w in self._workers if not w.jobs), None)
             if worker is None:
@@ -69,8 +73,16 @@ class LocalExecutor(Executor):
                     return
                 worker = self._start_worker()
             pack = self._pending.take()
-            worker.jobs = {job.key: job for job in pack}
-            worker.conn.send(pack)
+            try:
+                worker.conn.send(pack)
+            except OSError:  # it died while idle (the OOM killer, a signal): a new one takes the pack
+                self._pending.put_back(pack)
+                self._replace(worker)
+                dead += 1
+                if dead > self._processes:  # not one worker stays alive: leave the trials waiting
+                    return
+                continue
+            worker.jobs, worker.started = {job.key: job for job in pack}, False
 
     def poll(self, handler: TrialHandler, timeout: float) -> None:
         self._dispatch()
@@ -95,6 +107,7 @@ class LocalExecutor(Executor):
                 elif kind == "reports":  # a pack's epoch: every member's report, one answer each
                     worker.conn.send([handler.on_report(*report) for report in body[0]])
                 elif kind == "start":
+                    worker.started, self._deaths_before_start = True, 0
                     handler.on_start(key, body[0])
                 elif kind == "result":
                     worker.jobs.pop(key)
@@ -105,6 +118,11 @@ class LocalExecutor(Executor):
                         handler.on_error(failed, body[0], body[1])
         except (EOFError, OSError):
             lost = list(worker.jobs)
+            if not worker.started and self._deaths_before_start < _RETRY_UNSTARTED:
+                # It died idle, before its new trials began (killed): another worker takes them.
+                self._deaths_before_start += 1
+                self._pending.put_back(list(worker.jobs.values()))
+                lost = []
             self._replace(worker)
             for key in lost:
                 handler.on_error(key, f"worker process died (exit code {worker.process.exitcode})", "", lost=True)

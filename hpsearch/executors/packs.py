@@ -72,6 +72,10 @@ class PackQueue:
     def clear(self) -> None:
         self._jobs.clear()
 
+    def put_back(self, pack: Sequence[TrialJob]) -> None:
+        """Wait again, first in line (``pack`` came from :meth:`take` and could not be handed out)."""
+        self._jobs[:0] = pack
+
     def take(self) -> list[TrialJob]:
         """The next pack (empty when nothing waits), no longer waiting."""
         pack = next_pack(self._jobs, self.fuse)

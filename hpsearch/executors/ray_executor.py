@@ -36,6 +36,7 @@ from hpsearch.train import DataConfig, load_dataset
 _log = logging.getLogger(__name__)
 # Trials waiting while no worker is up (all died, none can be placed again) for this long end the run.
 _NO_WORKER_S = 300.0
+_RETRY_UNSTARTED = 3  # workers in a row that die before their trials begin: then the trials fail as lost
 
 
 @dataclass
@@ -45,6 +46,7 @@ class _Worker:
     placement: dict[str, Any] = field(default_factory=dict)
     jobs: dict[int, TrialJob] = field(default_factory=dict)  # the trials it trains, by key
     call: Any = None  # the outstanding start() or step() of its trials
+    started: bool = False  # its trials have begun there (their "start" came back)
 
 
 class RayExecutor(Executor):
@@ -59,6 +61,7 @@ class RayExecutor(Executor):
         self._session: RaySession = connect(spec)
         self._workers: list[_Worker] = []
         self._waiting = PackQueue(spec.fuse)
+        self._deaths_before_start = 0  # in a row: workers that cannot start at all fail their trials
         self._data: dict[DataConfig, Any] = {}
         self._last_up = time.monotonic()
         try:
@@ -105,7 +108,7 @@ class RayExecutor(Executor):
                 return
             if worker.probe is None and not worker.jobs:
                 pack = self._waiting.take()
-                worker.jobs = {job.key: job for job in pack}
+                worker.jobs, worker.started = {job.key: job for job in pack}, False
                 worker.call = worker.handle.start.remote(pack, [self._dataset(pack[0].data)])
 
     def _dataset(self, data: DataConfig) -> Any:
@@ -159,10 +162,15 @@ class RayExecutor(Executor):
         except RayActorError as exc:
             where = f"worker_pid {worker.placement.get('worker_pid')} on node {str(worker.placement.get('node_id'))[:12]}"
             lost = list(worker.jobs)
+            if not worker.started and self._deaths_before_start < _RETRY_UNSTARTED:
+                # It died idle, before its new trials began (killed): another worker takes them.
+                self._deaths_before_start += 1
+                self._waiting.put_back(list(worker.jobs.values()))
+                lost = []
             self._replace(worker)
             for key in lost:
                 handler.on_error(key, f"the Ray worker running this trial died ({where}): {_reason(exc)}", "", lost=True)
-            return True
+            return bool(lost)
         except RayError as exc:  # the call itself failed there, e.g. the job could not be unpickled
             failed, worker.jobs, worker.call = list(worker.jobs), {}, None
             for key in failed:
@@ -170,6 +178,7 @@ class RayExecutor(Executor):
             return True
         kind = event[0]
         if kind == "start":
+            worker.started, self._deaths_before_start = True, 0
             for key in worker.jobs:
                 handler.on_start(key, {**worker.placement, **event[1]})
             worker.call = worker.handle.step.remote(None)
