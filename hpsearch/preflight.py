@@ -19,8 +19,8 @@ _MAX_BUILDS = 64
 
 def preflight(spec: StudySpec) -> None:
     """Check the data file, load the data, and build the model for corner configurations."""
-    from hpsearch.train.groups import param_groups
     from hpsearch.train.models import build_model_for
+    from hpsearch.train.optim.groups import param_groups
 
     check_data(spec.data)
     try:

@@ -2,6 +2,19 @@
 
 Imports neither optuna nor ray, and importing this package (or ``config``/``data``) does not import
 torch: only ``train``/``fit`` and ``load_dataset`` do, when called.
+
+Where things live:
+
+- ``config`` (:class:`TrainConfig`, a trial's knobs parsed once) and ``knobs`` (what ``train:`` and
+  ``space:`` may set);
+- ``data/``: the ``data:`` section and loading it (:func:`load_dataset`): tabular files, arrays, user
+  loaders, the built-in data sets;
+- ``models/``: the model registry (kind -> config and builder), the networks, user models, and the
+  stacked MLP that fused packs train;
+- ``optim/``: optimizers, lr schedules, batch-size lr scaling, parameter groups, penalties, and the
+  stacked optimizers of fused packs;
+- ``loop`` (:func:`train`, :func:`fit`), ``fused/`` (which trials fuse, and training a pack),
+  ``metrics`` and ``result`` (what a run reports).
 """
 
 from __future__ import annotations
@@ -13,10 +26,11 @@ from hpsearch.train.data import DataConfig, Dataset, check_data, load_dataset, p
 from hpsearch.train.knobs import OPTIMIZER_KNOBS, SCHEDULE_KNOBS, TRAIN_KNOBS, Knob
 from hpsearch.train.metrics import reported_metrics
 from hpsearch.train.models import MlpConfig, ModelSpec, models
+from hpsearch.train.models.inputs import ModelInputs
 from hpsearch.train.optim import OptimizerConfig, OptimizerSpec, optimizers
+from hpsearch.train.optim.scaling import LrScaling
+from hpsearch.train.optim.schedules import ScheduleConfig, ScheduleSpec, schedules
 from hpsearch.train.result import Reporter, StopReason, TrainResult
-from hpsearch.train.scaling import LrScaling
-from hpsearch.train.schedules import ScheduleConfig, ScheduleSpec, schedules
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +61,7 @@ __all__ = [
     "Knob",
     "LrScaling",
     "MlpConfig",
+    "ModelInputs",
     "ModelSpec",
     "OptimizerConfig",
     "OptimizerSpec",

@@ -17,8 +17,8 @@ from hpsearch.train.knobs import OPTIMIZER_KNOBS, SCHEDULE_KNOBS, TRAIN_KNOBS, K
 from hpsearch.train.metrics import TASKS, reported_metrics
 from hpsearch.train.models import model_kind, models
 from hpsearch.train.optim import OptimizerConfig, optimizers
-from hpsearch.train.scaling import LrScaling
-from hpsearch.train.schedules import ScheduleConfig, schedules
+from hpsearch.train.optim.scaling import LrScaling
+from hpsearch.train.optim.schedules import ScheduleConfig, schedules
 from hpsearch.values import as_int, check_keys
 
 
@@ -26,7 +26,7 @@ from hpsearch.values import as_int, check_keys
 class TrainConfig:
     """Everything one trial needs to train, validated.
 
-    ``lr_multipliers`` maps parameter groups (see :mod:`hpsearch.train.groups`) to multiples of the
+    ``lr_multipliers`` maps parameter groups (see :mod:`hpsearch.train.optim.groups`) to multiples of the
     base lr; ``head_lr_ratio`` is already folded into it as ``head``.
     """
 

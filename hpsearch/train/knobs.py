@@ -9,14 +9,14 @@ Optimizer knobs: ``momentum`` (momentum, nesterov, rmsprop), ``beta1``/``beta2``
 ``eps`` (adam, adamw, rmsprop, adagrad, adadelta), ``rho`` (adadelta), ``alpha`` (rmsprop's
 squared-gradient average). Defaults are torch's for each optimizer.
 
-Schedule knobs (formulas in :mod:`hpsearch.train.schedules`): ``step_size`` and ``gamma`` (step:
+Schedule knobs (formulas in :mod:`hpsearch.train.optim.schedules`): ``step_size`` and ``gamma`` (step:
 multiply by gamma every step_size epochs), ``decay`` (the rate k of exponential and inverse_time),
 ``warmup_epochs`` and ``min_lr_ratio`` (cosine; ``min_lr_ratio`` also one_cycle), ``cycle_epochs`` and
 ``peak_ratio`` (cyclic; ``peak_ratio`` also one_cycle), ``pct_start`` (one_cycle).
 
-Other knobs: ``lr_scaling`` (:mod:`hpsearch.train.scaling`), ``lr_multipliers``/``head_lr_ratio``
-(:mod:`hpsearch.train.groups`), ``weight_decay``/``l1``/``grad_clip``
-(:mod:`hpsearch.train.regularize`), ``precision`` (``bf16`` autocast or ``fp32``).
+Other knobs: ``lr_scaling`` (:mod:`hpsearch.train.optim.scaling`), ``lr_multipliers``/``head_lr_ratio``
+(:mod:`hpsearch.train.optim.groups`), ``weight_decay``/``l1``/``grad_clip``
+(:mod:`hpsearch.train.optim.regularize`), ``precision`` (``bf16`` autocast or ``fp32``).
 Parsers raise ConfigError keyed by the knob. Importing this module does not import torch.
 """
 
@@ -29,8 +29,8 @@ from typing import Any
 
 from hpsearch.errors import ConfigError
 from hpsearch.train.optim import optimizers
-from hpsearch.train.scaling import RULES, LrScaling
-from hpsearch.train.schedules import schedules
+from hpsearch.train.optim.scaling import RULES, LrScaling
+from hpsearch.train.optim.schedules import schedules
 from hpsearch.values import as_choice, as_float, as_int, check_keys
 
 PRECISIONS = ("bf16", "fp32")
@@ -170,7 +170,7 @@ OPTIMIZER_KNOBS: Mapping[str, Knob] = _table(
     Knob("rho", 0.9, _unit_interval),
 )
 
-# Knobs only some schedules take (ScheduleSpec.knobs); see hpsearch.train.schedules for the formulas.
+# Knobs only some schedules take (ScheduleSpec.knobs); see hpsearch.train.optim.schedules for the formulas.
 SCHEDULE_KNOBS: Mapping[str, Knob] = _table(
     Knob("step_size", 10, positive_int),
     Knob("gamma", 0.1, _factor),

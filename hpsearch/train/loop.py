@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from hpsearch.errors import ConfigError
 from hpsearch.train.config import TrainConfig
 from hpsearch.train.data import Dataset
-from hpsearch.train.groups import param_groups
 from hpsearch.train.metrics import validation_metrics
 from hpsearch.train.models import build_model_for
 from hpsearch.train.optim import build_optimizer
-from hpsearch.train.regularize import clip_gradients, penalty
+from hpsearch.train.optim.groups import param_groups
+from hpsearch.train.optim.regularize import clip_gradients, penalty
 from hpsearch.train.result import Reporter, StopReason, TrainResult
 
 EVAL_ROWS = 1024  # validation rows per forward pass, so a large validation split fits in memory

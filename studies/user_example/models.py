@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from hpsearch.train.model_inputs import ModelInputs
+    from hpsearch.train import ModelInputs
 
 
 class ResidualBlock(nn.Module):

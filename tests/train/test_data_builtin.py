@@ -15,10 +15,10 @@ from train_helpers import CARS, cars_config
 
 from hpsearch.errors import ConfigError, DataError
 from hpsearch.train import Dataset, build_train_config, check_data, fit, load_dataset, parse_data_config
-from hpsearch.train.datasets import CARS93, builtins
-from hpsearch.train.datasets.digits import random_shift
-from hpsearch.train.datasets.sequences import is_sorted
-from hpsearch.train.datasets.used_cars import COLUMNS, used_cars
+from hpsearch.train.data.datasets import CARS93, builtins
+from hpsearch.train.data.datasets.digits import random_shift
+from hpsearch.train.data.datasets.sequences import is_sorted
+from hpsearch.train.data.datasets.used_cars import COLUMNS, used_cars
 from hpsearch.train.models import build_model_for
 
 
@@ -48,7 +48,7 @@ def test_cars93_builtin_is_the_shipped_csv(tmp_path: Path) -> None:
 
 def test_pyproject_ships_the_csv_as_package_data() -> None:
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
-    assert '[tool.setuptools.package-data]\n"hpsearch.train.datasets" = ["*.csv"]' in text
+    assert '[tool.setuptools.package-data]\n"hpsearch.train.data.datasets" = ["*.csv"]' in text
 
 
 def test_used_cars_is_deterministic_by_seed_with_the_documented_columns() -> None:

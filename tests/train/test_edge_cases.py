@@ -13,8 +13,8 @@ from train_helpers import synthetic_classification, synthetic_regression
 
 from hpsearch.errors import ConfigError
 from hpsearch.train import StopReason, build_train_config, fit, loop, train
-from hpsearch.train.nets.transformer import TransformerClassifier
-from hpsearch.train.tensors import from_arrays
+from hpsearch.train.data.tensors import from_arrays
+from hpsearch.train.models.transformer import TransformerClassifier
 
 USER_BUILD = "studies.user_example.models:build"
 

@@ -18,9 +18,9 @@ import torch
 
 from hpsearch.train import Dataset, StopReason, TrainConfig, build_train_config, train
 from hpsearch.train.fused import FUSABLE_OPTIMIZERS, fusion_key, train_pack, unfused_reason
-from hpsearch.train.fused.optim import UPDATES
 from hpsearch.train.optim import optimizers
-from hpsearch.train.schedules import schedules
+from hpsearch.train.optim.schedules import schedules
+from hpsearch.train.optim.stacked import UPDATES
 
 EPOCHS = 6
 

@@ -12,8 +12,8 @@ from train_helpers import synthetic_regression
 
 from hpsearch.errors import ConfigError
 from hpsearch.train import LrScaling, StopReason, fit, train
-from hpsearch.train.groups import lr_groups, param_groups
 from hpsearch.train.models import build_model
+from hpsearch.train.optim.groups import lr_groups, param_groups
 
 
 @pytest.mark.parametrize(

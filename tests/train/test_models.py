@@ -21,9 +21,9 @@ from hpsearch.train import (
     train,
 )
 from hpsearch.train.metrics import macro_f1
-from hpsearch.train.model_kinds import CnnConfig, MlpConfig, TransformerConfig
-from hpsearch.train.model_knobs import activations, inits
 from hpsearch.train.models import build_model_for
+from hpsearch.train.models.kinds import CnnConfig, MlpConfig, TransformerConfig
+from hpsearch.train.models.knobs import activations, inits
 
 USER_BUILD = "studies.user_example.models:build"
 

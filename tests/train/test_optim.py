@@ -9,9 +9,9 @@ from train_helpers import synthetic_regression
 
 from hpsearch.errors import ConfigError
 from hpsearch.train import OPTIMIZER_KNOBS, StopReason, optimizers, train
-from hpsearch.train.groups import param_groups
 from hpsearch.train.models import build_model
 from hpsearch.train.optim import LBFGS_MAX_ITER, build_optimizer
+from hpsearch.train.optim.groups import param_groups
 
 # A rate each optimizer learns the toy problem with; adadelta's rate is a multiplier near 1 by design.
 _LR = {"adadelta": 1.0, "adagrad": 0.1, "lbfgs": 1.0}

@@ -9,10 +9,10 @@ from torch import nn
 from train_helpers import synthetic_regression
 
 from hpsearch.train import fit, train
-from hpsearch.train.groups import decays, param_groups
 from hpsearch.train.models import build_model
 from hpsearch.train.optim import build_optimizer
-from hpsearch.train.regularize import penalty
+from hpsearch.train.optim.groups import decays, param_groups
+from hpsearch.train.optim.regularize import penalty
 
 
 def _weights_l1(knobs: dict) -> tuple[float, float]:

@@ -13,7 +13,7 @@ from hpsearch.errors import ConfigError, DataError
 from hpsearch.train import build_train_config, knob_names, load_dataset, parse_data_config, train
 from hpsearch.train.imports import load_callable
 from hpsearch.train.models import model_kind
-from hpsearch.train.user_model import PythonModelConfig
+from hpsearch.train.models.user import PythonModelConfig
 
 BUILD = "studies.user_example.models:build"
 LOAD = "studies.user_example.data:load"

@@ -8,9 +8,9 @@ from typing import Any
 from hpsearch.train.config import TrainConfig
 from hpsearch.train.models import MlpConfig
 
-# Optimizers with a batched form (hpsearch.train.fused.optim.UPDATES); lbfgs's line search is a loop per model.
+# Optimizers with a batched form (hpsearch.train.optim.stacked.UPDATES); lbfgs's line search is a loop per model.
 FUSABLE_OPTIMIZERS = frozenset({"sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "adadelta"})
-# lr groups of a network without lr_groups(): its output layer and the rest (hpsearch.train.groups)
+# lr groups of a network without lr_groups(): its output layer and the rest (hpsearch.train.optim.groups)
 MLP_GROUPS = frozenset({"head", "body"})
 
 

@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from hpsearch.train.config import TrainConfig
 from hpsearch.train.data import Dataset
 from hpsearch.train.fused.key import MLP_GROUPS, fusion_key
-from hpsearch.train.fused.optim import StackedOptimizer
-from hpsearch.train.fused.stacked_mlp import StackedMlp
 from hpsearch.train.loop import EVAL_ROWS, autocast, check_precision, resolve_device
 from hpsearch.train.metrics import validation_metrics
 from hpsearch.train.models import MlpConfig, build_model_for
+from hpsearch.train.models.stacked_mlp import StackedMlp
+from hpsearch.train.optim.stacked import StackedOptimizer
 from hpsearch.train.result import Reporter, StopReason, TrainResult
 
 

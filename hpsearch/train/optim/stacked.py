@@ -150,7 +150,7 @@ class StackedOptimizer:
 
     ``configs`` are the members' optimizer configs (one optimizer kind). ``step(lrs, decays)`` takes,
     for each parameter, each member's learning rate of the step and whether the parameter is
-    weight-decayed (biases are not, as in :mod:`hpsearch.train.groups`).
+    weight-decayed (biases are not, as in :mod:`hpsearch.train.optim.groups`).
     """
 
     def __init__(self, params: Sequence[torch.Tensor], configs: Sequence[OptimizerConfig]) -> None:

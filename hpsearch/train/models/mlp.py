@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from hpsearch.train.nets.blocks import initialize, make_activation
+from hpsearch.train.models.blocks import initialize, make_activation
 
 
 def mlp(

@@ -1,5 +1,5 @@
 """Arrays -> a split :class:`Dataset`: the path of image, token and user data (tabular data goes
-through :mod:`hpsearch.train.tabular`)."""
+through :mod:`hpsearch.train.data.tabular`)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ factories import it when called. A new optimizer is one ``register`` call; its o
 declared in ``config.OPTIMIZER_KNOBS`` so they are parsed and validated.
 
 Factories receive torch parameter groups (dicts with ``params``, ``lr`` and, when the optimizer
-takes groups, ``weight_decay``), built by :mod:`hpsearch.train.groups`; the group values override
+takes groups, ``weight_decay``), built by :mod:`hpsearch.train.optim.groups`; the group values override
 the defaults the factory passes.
 """
 

@@ -3,7 +3,7 @@
 The function is called as ``build(inputs, **options)`` and returns a ``torch.nn.Module`` whose output
 is ``[batch, n_outputs]`` (classification logits) or ``[batch, 1]`` (regression):
 
-- ``inputs`` is a :class:`~hpsearch.train.model_inputs.ModelInputs`: ``n_features``, ``n_outputs``,
+- ``inputs`` is a :class:`~hpsearch.train.models.inputs.ModelInputs`: ``n_features``, ``n_outputs``,
   ``input_shape``, ``task`` and ``vocab_size`` (for token data).
 - ``options`` are every other key of the ``model:`` section, as plain YAML values.
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import ConfigError
 from hpsearch.train.imports import check_import_path, freeze, is_scalar, load_callable, thaw
-from hpsearch.train.model_inputs import ModelInputs
+from hpsearch.train.models.inputs import ModelInputs
 
 if TYPE_CHECKING:
     from torch import nn

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from hpsearch.errors import DataError
 from hpsearch.train.data import DataConfig, Dataset
+from hpsearch.train.data.tensors import from_arrays, split_arrays
 from hpsearch.train.imports import load_callable, thaw
-from hpsearch.train.tensors import from_arrays, split_arrays
 
 
 def load_user_data(cfg: DataConfig) -> Dataset:

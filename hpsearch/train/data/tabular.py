@@ -15,7 +15,7 @@ import torch
 
 from hpsearch.errors import DataError
 from hpsearch.train.data import DataConfig, Dataset
-from hpsearch.train.tensors import mean_std, split_rows
+from hpsearch.train.data.tensors import mean_std, split_rows
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from hpsearch.train.model_knobs import activations, inits
+from hpsearch.train.models.knobs import activations, inits
 
 
 def make_activation(name: str) -> nn.Module:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from hpsearch.train.nets.blocks import initialize, make_activation
+from hpsearch.train.models.blocks import initialize, make_activation
 
 
 def sinusoidal_encoding(length: int, d_model: int) -> torch.Tensor:

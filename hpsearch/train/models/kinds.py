@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import ConfigError
-from hpsearch.train.model_inputs import ModelInputs
-from hpsearch.train.model_knobs import KnobReader
+from hpsearch.train.models.inputs import ModelInputs
+from hpsearch.train.models.knobs import KnobReader
 from hpsearch.values import as_int, check_keys
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def _hidden(raw: Any) -> tuple[int, ...]:
 
 
 def build_mlp(config: MlpConfig, inputs: ModelInputs) -> nn.Module:
-    from hpsearch.train.nets.mlp import mlp
+    from hpsearch.train.models.mlp import mlp
 
     return mlp(
         inputs.n_features, inputs.n_outputs, config.hidden, dropout=config.dropout,
@@ -101,7 +101,7 @@ def parse_cnn(section: Mapping[str, Any], knobs: Mapping[str, Any]) -> CnnConfig
 
 
 def build_cnn(config: CnnConfig, inputs: ModelInputs) -> nn.Module:
-    from hpsearch.train.nets.cnn import cnn
+    from hpsearch.train.models.cnn import cnn
 
     return cnn(
         inputs.input_shape, inputs.n_outputs, channels=config.channels, blocks=config.blocks,
@@ -142,7 +142,7 @@ def parse_transformer(section: Mapping[str, Any], knobs: Mapping[str, Any]) -> T
 
 
 def build_transformer(config: TransformerConfig, inputs: ModelInputs) -> nn.Module:
-    from hpsearch.train.nets.transformer import TransformerClassifier
+    from hpsearch.train.models.transformer import TransformerClassifier
 
     (length,) = inputs.input_shape
     return TransformerClassifier(

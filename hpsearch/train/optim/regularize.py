@@ -1,7 +1,7 @@
 """Penalties added to the training loss, and gradient clipping.
 
 ``l1`` adds ``l1 * sum(|w|)`` over the decayed parameters (weights, not biases or norms; see
-:func:`hpsearch.train.groups.decays`), so ``l1`` with ``weight_decay`` is an elastic net. Weight decay
+:func:`hpsearch.train.optim.groups.decays`), so ``l1`` with ``weight_decay`` is an elastic net. Weight decay
 itself is the optimizer's (L2 for most, decoupled for adamw); only an optimizer without parameter
 groups (lbfgs) gets it here, as ``weight_decay / 2 * sum(w**2)``, whose gradient is torch's L2 term.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from hpsearch.train.config import TrainConfig
-from hpsearch.train.groups import decays
 from hpsearch.train.optim import optimizers
+from hpsearch.train.optim.groups import decays
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Model registry: kind -> how its ``model:`` section is parsed and how the network is built.
 
 Built-in kinds: ``mlp`` (tabular features, or flattened images), ``cnn`` (images), ``transformer``
-(token sequences) and ``python`` (a user's builder, see :mod:`hpsearch.train.user_model`). Importing
+(token sequences) and ``python`` (a user's builder, see :mod:`hpsearch.train.models.user`). Importing
 this module does not import torch; builders import it when called.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import ConfigError, one_of
-from hpsearch.train.model_inputs import FEATURES, IMAGES, TOKENS, ModelInputs
-from hpsearch.train.model_kinds import (
+from hpsearch.train.models.inputs import FEATURES, IMAGES, TOKENS, ModelInputs
+from hpsearch.train.models.kinds import (
     CNN_KNOBS,
     MLP_KNOBS,
     TRANSFORMER_KNOBS,
@@ -27,7 +27,7 @@ from hpsearch.train.model_kinds import (
     parse_mlp,
     parse_transformer,
 )
-from hpsearch.train.user_model import PythonModelConfig, build_user_model, parse_user_model, user_knobs
+from hpsearch.train.models.user import PythonModelConfig, build_user_model, parse_user_model, user_knobs
 
 if TYPE_CHECKING:
     import torch

@@ -1,8 +1,8 @@
 """The ``data:`` section, a cheap pre-flight check, and the full load.
 
 Sources (exactly one): ``csv: PATH`` or ``parquet: PATH`` (tabular, with ``target``), ``builtin:
-NAME`` (see :mod:`hpsearch.train.datasets`) or ``python: "pkg.module:function"`` (see
-:mod:`hpsearch.train.user_data`). Only ``load_dataset`` imports torch (and pandas is imported when
+NAME`` (see :mod:`hpsearch.train.data.datasets`) or ``python: "pkg.module:function"`` (see
+:mod:`hpsearch.train.data.user`). Only ``load_dataset`` imports torch (and pandas is imported when
 a file is read), so parsing and checking a study stays fast. Preprocessing statistics are fitted on
 the training split only.
 """
@@ -16,7 +16,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import ConfigError, DataError, did_you_mean, one_of
-from hpsearch.train.datasets import CARS93, builtins
+from hpsearch.train.data.datasets import CARS93, builtins
 from hpsearch.train.imports import check_import_path, freeze, load_callable
 from hpsearch.train.metrics import TASKS
 from hpsearch.values import as_choice, as_float, as_int, check_keys
@@ -244,10 +244,10 @@ def _read(cfg: DataConfig) -> pd.DataFrame:
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Load, split (by ``cfg.seed``) and preprocess the data. Deterministic for a cfg."""
-    from hpsearch.train import tabular, tensors
+    from hpsearch.train.data import tabular, tensors
 
     if cfg.python is not None:
-        from hpsearch.train.user_data import load_user_data
+        from hpsearch.train.data.user import load_user_data
 
         return load_user_data(cfg)
     if cfg.builtin is None:
@@ -266,6 +266,6 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 def _augment(options: Mapping[str, Any]) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
     if options.get("augment", "none") == "none":
         return None
-    from hpsearch.train.datasets.digits import random_shift
+    from hpsearch.train.data.datasets.digits import random_shift
 
     return random_shift(options["max_shift"])

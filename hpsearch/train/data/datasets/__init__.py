@@ -99,25 +99,25 @@ def _cars93_columns() -> tuple[str, ...]:
 
 
 def _used_cars_frame(options: Mapping[str, Any], seed: int) -> pd.DataFrame:
-    from hpsearch.train.datasets.used_cars import used_cars
+    from hpsearch.train.data.datasets.used_cars import used_cars
 
     return used_cars(options["rows"], seed)
 
 
 def _used_cars_columns() -> tuple[str, ...]:
-    from hpsearch.train.datasets.used_cars import COLUMNS
+    from hpsearch.train.data.datasets.used_cars import COLUMNS
 
     return COLUMNS
 
 
 def _digits_arrays(options: Mapping[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from hpsearch.train.datasets.digits import digits
+    from hpsearch.train.data.datasets.digits import digits
 
     return digits()
 
 
 def _is_sorted_arrays(options: Mapping[str, Any], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from hpsearch.train.datasets.sequences import is_sorted
+    from hpsearch.train.data.datasets.sequences import is_sorted
 
     return is_sorted(options["rows"], options["length"], options["vocab"], seed)
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from hpsearch.train.nets.blocks import make_activation
+from hpsearch.train.models.blocks import make_activation
 
 BN_MOMENTUM = 0.1  # torch.nn.BatchNorm1d's defaults, which the solo network uses
 BN_EPS = 1e-5
@@ -54,7 +54,7 @@ class StackedMlp:
         return [*self.weights, *self.biases, *self.gammas, *self.betas]
 
     def heads(self) -> list[bool]:
-        """Which parameters are the output layer's: the ``head`` lr group of :mod:`hpsearch.train.groups`."""
+        """Which parameters are the output layer's: the ``head`` lr group of :mod:`hpsearch.train.optim.groups`."""
         last = len(self.weights) - 1
         return ([i == last for i in range(len(self.weights))] + [i == last for i in range(len(self.biases))]
                 + [False] * (len(self.gammas) + len(self.betas)))
