@@ -160,6 +160,20 @@ class StageClaims:
             # Another process inserted that row first: look again.
         return None
 
+    def take_many(self, budget: int, n: int) -> list[Claim]:
+        """Claim up to ``n`` free slots below ``budget``: fresh ones in one transaction when there are
+        enough, else one (see :meth:`take`); empty if all are held."""
+        first = self._next_slot()
+        count = min(n, budget - first)
+        if count > 1:
+            claims = [Claim(first + i, 0) for i in range(count)]
+            rows = [self._row(claim, None) for claim in claims]
+            if self._retry("claim trial slots", lambda: self._insert_rows(rows)):
+                return claims
+            # Another process took some of them first: one at a time.
+        claim = self.take(budget)
+        return [] if claim is None else [claim]
+
     def bind(self, claim: Claim, trial_id: int) -> None:
         """Record the trial that fills ``claim``."""
         statement = self.bind_statement(claim, trial_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import copy
+from dataclasses import dataclass
 import datetime
 import math
 import os
@@ -128,17 +129,20 @@ class TrialRecorder:
         return self.trial.number
 
     def start(self) -> None:
-        """Write the sampled parameters, the first heartbeat and ``first_write`` in one transaction."""
+        """Write the sampled parameters, a heartbeat and ``first_write`` in one transaction."""
         self._write({}, heartbeat=True)
 
-    def _write(self, attrs: Mapping[str, Any], heartbeat: bool = False, state: TrialState | None = None,
-               value: float | None = None) -> None:
+    def starting(self) -> TrialWrite:
+        """What :meth:`start` writes, as a write for ``RetryingStorage.write_trials`` to make with others'."""
+        write = self.take_write()
+        return TrialWrite(write.trial_id, write.user_attrs, heartbeat=True, statements=write.statements)
+
+    def _write(self, attrs: Mapping[str, Any], heartbeat: bool = False) -> None:
         """Write ``attrs`` with everything pending (parameters, intermediate values, attributes) in one transaction."""
         self._pending.update(attrs)
         write = self.take_write()
         self.study._storage.write_trial(  # type: ignore[attr-defined]
-            write.trial_id, user_attrs=write.user_attrs, heartbeat=heartbeat, statements=write.statements,
-            state=state, values=None if value is None else [value])
+            write.trial_id, user_attrs=write.user_attrs, heartbeat=heartbeat, statements=write.statements)
 
     def _write_soon(self, attrs: Mapping[str, Any]) -> None:
         """Write now if the last write is WRITE_EVERY_S old, else with the next write (at the latest, the end);
@@ -184,10 +188,18 @@ class TrialRecorder:
         return self.trial.should_prune()
 
     def finish(self, result: TrainResult) -> TrialState:
-        """Record how training ended. A trial with no finite best epoch ends PRUNED, with its reason.
+        """Record how training ended (see :meth:`finishing`) in a transaction of its own."""
+        return self.end(self.finishing(result))
 
-        The attributes, the value and the state are one transaction. A pruned trial's value is its
-        last reported one, as ``Study.tell`` records it.
+    def fail(self, reason: str, lost: bool = False) -> None:
+        """Fail the trial with ``reason``; ``lost``: through no fault of its own, so its slot reruns it."""
+        self.end(self.failing(reason, lost))
+
+    def finishing(self, result: TrainResult) -> Ending:
+        """The end of training as a write, not made yet. A trial with no finite best epoch ends PRUNED, with its reason.
+
+        The attributes, the value and the state are one write. A pruned trial's value is its last
+        reported one, as ``Study.tell`` records it.
         """
         value = result.best_metrics.get(self._metric)
         state = TrialState.PRUNED
@@ -196,25 +208,63 @@ class TrialRecorder:
         else:
             steps = self.frozen.intermediate_values
             value = steps[max(steps)] if steps else None
-        return self._end(result_attrs(result), state, None if value is None else float(value))
+        return self._ending(result_attrs(result), state, None if value is None else float(value))
 
-    def fail(self, reason: str, lost: bool = False) -> None:
-        """Fail the trial with ``reason``; ``lost``: through no fault of its own, so its slot reruns it."""
-        self._end({ATTR_FAIL: reason, **({ATTR_LOST: True} if lost else {})}, TrialState.FAIL, None)
+    def failing(self, reason: str, lost: bool = False) -> Ending:
+        """The failure as a write, not made yet (see :meth:`fail`)."""
+        return self._ending({ATTR_FAIL: reason, **({ATTR_LOST: True} if lost else {})}, TrialState.FAIL, None)
 
-    def _end(self, attrs: Mapping[str, Any], state: TrialState, value: float | None) -> TrialState:
+    def _ending(self, attrs: Mapping[str, Any], state: TrialState, value: float | None) -> Ending:
         if self._batch is not None:
             self._batch.drop(self)  # what it holds is written now, with the end
+        self._pending.update(attrs)
+        write = self.take_write()
+        write = TrialWrite(write.trial_id, write.user_attrs, statements=write.statements, state=state,
+                           values=None if value is None else [value])
+        return Ending(self, write, state, value)
+
+    def end(self, ending: Ending) -> TrialState:
+        """Make ``ending``'s write alone; :func:`end_all` makes several in one transaction."""
         if self.gone:
-            return TrialState.FAIL  # another run failed it as abandoned; its slot runs again
+            return self.ended(ending, gone=True)
+        w = ending.write
         try:
-            self._write(attrs, state=state, value=value)
+            self.study._storage.write_trial(  # type: ignore[attr-defined]
+                w.trial_id, user_attrs=w.user_attrs, statements=w.statements, state=w.state, values=w.values)
         except UpdateFinishedTrialError:
-            return TrialState.FAIL  # another run failed it as abandoned; its slot runs again
-        frozen = self.frozen
+            return self.ended(ending, gone=True)
+        return self.ended(ending, gone=False)
+
+    def ended(self, ending: Ending, gone: bool) -> TrialState:
+        """After ``ending`` was written (or skipped, ``gone``: another run failed the trial as abandoned,
+        and its slot runs again): :attr:`frozen` as written, and the sampler told."""
+        if gone or self.gone:
+            self.gone = True
+            return TrialState.FAIL
+        frozen, state, value = self.frozen, ending.state, ending.value
         frozen.state, frozen.datetime_complete = state, datetime.datetime.now()
         frozen.values = None if value is None else [value]
         frozen.params, frozen.distributions = dict(self.trial.params), dict(self.trial.distributions)
         # What Study.tell does besides writing: the sampler's hook (a no-op for hpsearch's samplers).
         self.study.sampler.after_trial(self.study, frozen, state, frozen.values)
         return state
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a trial ends, as a write not made yet: :meth:`TrialRecorder.end` or :func:`end_all` make it."""
+
+    recorder: TrialRecorder
+    write: TrialWrite
+    state: TrialState
+    value: float | None
+
+
+def end_all(storage: Any, endings: Sequence[Ending]) -> None:
+    """Make the writes of ``endings`` in one transaction (a pack's members often end together)."""
+    if not endings:
+        return
+    live = [e for e in endings if not e.recorder.gone]
+    gone = storage.write_trials([e.write for e in live]) if live else set()
+    for e in endings:
+        e.recorder.ended(e, gone=e.write.trial_id in gone)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Container, Mapping, Sequence
 import copy
 from dataclasses import dataclass, field
 import datetime
+import functools
 import json
 import logging
 import time
@@ -32,6 +33,7 @@ from hpsearch.faults import retry_budget_s, retrying
 
 T = TypeVar("T")
 _logger = logging.getLogger("hpsearch.storage")
+_IN_CHUNK = 500  # ids in one IN (...): well under every database's limit on parameters
 
 # A trial system attribute written with each trial creation and claim, so that a retry after an
 # ambiguous failure (the commit may have happened) can tell whether the first attempt took effect.
@@ -180,34 +182,48 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
             attempts += 1
             skipped.clear()
             rdb = self._rdb
-            with _create_scoped_session(rdb.scoped_session, True) as session:
+            todo = list(pending)
+            if attempts > 1:  # read before the session below: get_trial closes the thread's session
+                todo = []
                 for w, params, steps in pending:
-                    todo = params
-                    if attempts > 1:
-                        written = self._rdb.get_trial(w.trial_id)
-                        if w.state is not None and written.state is w.state:
-                            continue  # the first attempt did commit
-                        todo = {k: v for k, v in params.items() if k not in written.params}
-                    trial = models.TrialModel.find_or_raise_by_id(w.trial_id, session, for_update=w.state is not None)
+                    written = rdb.get_trial(w.trial_id)
+                    if w.state is not None and written.state is w.state:
+                        continue  # the first attempt did commit
+                    todo.append((w, {k: v for k, v in params.items() if k not in written.params}, steps))
+            with _create_scoped_session(rdb.scoped_session, True) as session:
+                trials = _trials_by_id(session, [w.trial_id for w, _, _ in todo],
+                                       for_update=any(w.state is not None for w, _, _ in todo))
+                param_rows: list[dict[str, Any]] = []
+                attr_rows: list[dict[str, Any]] = []
+                step_rows: list[dict[str, Any]] = []
+                value_rows: list[dict[str, Any]] = []
+                beats: list[int] = []
+                for w, params, steps in todo:
+                    trial = trials.get(w.trial_id) or models.TrialModel.find_or_raise_by_id(w.trial_id, session)
                     if skip_finished and cast(TrialState, trial.state).is_finished():
                         skipped.add(w.trial_id)
                         continue
                     rdb.check_trial_is_updatable(w.trial_id, cast(TrialState, trial.state))
-                    if todo:
-                        self._write_params(session, int(trial.study_id), w.trial_id, todo)
-                    if w.user_attrs:
-                        _write_attrs(session, models.TrialUserAttributeModel, w.trial_id, w.user_attrs)
-                    if steps:
-                        _write_steps(session, w.trial_id, steps)
+                    if params:
+                        param_rows += self._param_rows(session, int(trial.study_id), w.trial_id, params)
+                    attr_rows += _attr_rows(w.trial_id, w.user_attrs)
+                    step_rows += _step_rows(w.trial_id, steps)
                     if w.heartbeat:
-                        _beat(session, w.trial_id)
+                        beats.append(w.trial_id)
                     for statement in w.statements:
                         session.execute(statement)
                     if w.state is not None:  # RDBStorage.set_trial_state_values, in this transaction
-                        for objective, value in enumerate(w.values or ()):
-                            rdb._set_trial_value_without_commit(session, trial, objective, value)
+                        value_rows += _value_rows(w.trial_id, w.values or ())
                         trial.state = w.state
                         trial.datetime_complete = datetime.datetime.now()
+                # One statement a table for all the trials written.
+                if param_rows:
+                    session.execute(sa.insert(models.TrialParamModel.__table__), param_rows)
+                _upsert(session, models.TrialUserAttributeModel, attr_rows, ("trial_id", "key"), ("value_json",))
+                _upsert(session, models.TrialIntermediateValueModel, step_rows, ("trial_id", "step"),
+                        ("intermediate_value", "intermediate_value_type"))
+                _upsert(session, models.TrialValueModel, value_rows, ("trial_id", "objective"), ("value", "value_type"))
+                _beat_all(session, beats)
 
         try:
             self.call_with_retries("write a trial" if len(writes) == 1 else f"write {len(writes)} trials", write)
@@ -228,8 +244,8 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
 
         def write() -> None:
             with _create_scoped_session(self._rdb.scoped_session, True) as session:
-                for start in range(0, len(trial_ids), 500):  # well under every database's limit on parameters
-                    session.execute(sa.update(beats).where(beats.c.trial_id.in_(trial_ids[start:start + 500]))
+                for start in range(0, len(trial_ids), _IN_CHUNK):
+                    session.execute(sa.update(beats).where(beats.c.trial_id.in_(trial_ids[start:start + _IN_CHUNK]))
                                     .values(heartbeat=sa.func.now()))
 
         if trial_ids:
@@ -265,9 +281,9 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
             self._outage_since = time.monotonic()
             _logger.warning("storage %s: %s; retrying for up to %g s", self._masked, reason, retry_budget_s())
 
-    def _write_params(self, session: Any, study_id: int, trial_id: int,
-                      params: Mapping[str, tuple[float, optuna.distributions.BaseDistribution]]) -> None:
-        """RDBStorage.set_trial_param for several parameters: one INSERT, and each name's distribution
+    def _param_rows(self, session: Any, study_id: int, trial_id: int,
+                    params: Mapping[str, tuple[float, optuna.distributions.BaseDistribution]]) -> list[dict[str, Any]]:
+        """The rows RDBStorage.set_trial_param would insert for several parameters, each name's distribution
         checked against the study's once per process (Optuna queries for it on every write)."""
         p = models.TrialParamModel
         rows = []
@@ -281,7 +297,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
             self._param_distributions[(study_id, name)] = known
             rows.append({"trial_id": trial_id, "param_name": name, "param_value": value,
                          "distribution_json": optuna.distributions.distribution_to_json(distribution)})
-        session.execute(sa.insert(p.__table__), rows)
+        return rows
 
     # Studies.
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
@@ -377,6 +393,10 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
                                  (models.TrialSystemAttributeModel, template.system_attrs)):
                 if attrs:
                     _write_attrs(session, table, int(model.trial_id), attrs)
+            if template.state is TrialState.RUNNING and self.get_heartbeat_interval() is not None:
+                # Beating from its first commit: a RUNNING trial whose run dies before its next write is
+                # still found stale (Optuna ignores a trial that never beat).
+                session.add(models.TrialHeartbeatModel(trial_id=int(model.trial_id)))
             trial = copy.deepcopy(template)
             trial.number, trial._trial_id = int(model.number), int(model.trial_id)
             trial.datetime_start = cast(datetime.datetime, model.datetime_start)
@@ -532,18 +552,52 @@ def _new_running_trial(session: Any, study_id: int, start: datetime.datetime | N
 
 def _write_attrs(session: Any, model: Any, trial_id: int, attrs: Mapping[str, Any]) -> None:
     """Upsert trial attributes in one statement (Optuna writes one per statement and transaction)."""
-    rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-    _upsert(session, model, rows, ("trial_id", "key"), ("value_json",))
+    _upsert(session, model, _attr_rows(trial_id, attrs), ("trial_id", "key"), ("value_json",))
 
 
-def _write_steps(session: Any, trial_id: int, steps: Mapping[int, float]) -> None:
-    """Upsert intermediate values in one statement (RDBStorage.set_trial_intermediate_value, several at once)."""
+def _attr_rows(trial_id: int, attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+
+
+def _step_rows(trial_id: int, steps: Mapping[int, float]) -> list[dict[str, Any]]:
+    """Rows of intermediate values (RDBStorage.set_trial_intermediate_value, several at once)."""
     model = models.TrialIntermediateValueModel
     rows = []
     for step, value in steps.items():
         stored, kind = model.intermediate_value_to_stored_repr(value)
         rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind})
-    _upsert(session, model, rows, ("trial_id", "step"), ("intermediate_value", "intermediate_value_type"))
+    return rows
+
+
+def _value_rows(trial_id: int, values: Sequence[float]) -> list[dict[str, Any]]:
+    """Rows of a trial's objective values (RDBStorage._set_trial_value_without_commit, without its lookups)."""
+    rows = []
+    for objective, value in enumerate(values):
+        stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+        rows.append({"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind})
+    return rows
+
+
+def _trials_by_id(session: Any, trial_ids: Sequence[int], for_update: bool) -> dict[int, models.TrialModel]:
+    """The trials of ``trial_ids`` in one query (a few for thousands), locked when ``for_update``."""
+    t = models.TrialModel
+    found: dict[int, models.TrialModel] = {}
+    for start in range(0, len(trial_ids), _IN_CHUNK):
+        query = session.query(t).filter(t.trial_id.in_(trial_ids[start:start + _IN_CHUNK]))
+        for trial in (query.with_for_update() if for_update else query):
+            found[int(trial.trial_id)] = trial
+    return found
+
+
+def _beat_all(session: Any, trial_ids: Sequence[int]) -> None:
+    """RDBStorage.record_heartbeat of several trials, inside a transaction of ours."""
+    beats = models.TrialHeartbeatModel.__table__
+    for start in range(0, len(trial_ids), _IN_CHUNK):
+        chunk = trial_ids[start:start + _IN_CHUNK]
+        session.execute(sa.update(beats).where(beats.c.trial_id.in_(chunk)).values(heartbeat=sa.func.now()))
+        have = {row[0] for row in session.execute(sa.select(beats.c.trial_id).where(beats.c.trial_id.in_(chunk)))}
+        if len(have) < len(chunk):  # their first heartbeat (a trial created without one, e.g. enqueued)
+            session.execute(sa.insert(beats), [{"trial_id": i} for i in chunk if i not in have])  # the column's default: now
 
 
 def _upsert(session: Any, model: Any, rows: Sequence[dict[str, Any]], keys: Sequence[str], updated: Sequence[str]) -> None:
@@ -552,17 +606,13 @@ def _upsert(session: Any, model: Any, rows: Sequence[dict[str, Any]], keys: Sequ
     One statement on SQLite, PostgreSQL and MySQL (executed for each row), as Optuna upserts a single
     attribute on each.
     """
-    table = model.__table__
+    if not rows:
+        return
     dialect = session.get_bind().dialect.name
     # The rows go as parameters of one statement (executemany), so the statement compiles once per
     # process instead of once for each number of rows.
-    if dialect in ("sqlite", "postgresql"):
-        insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(table)
-        session.execute(insert.on_conflict_do_update(index_elements=[table.c[k] for k in keys],
-                                                     set_={c: insert.excluded[c] for c in updated}), list(rows))
-    elif dialect == "mysql":
-        mysql = mysql_insert(table)
-        session.execute(mysql.on_duplicate_key_update({c: mysql.inserted[c] for c in updated}), list(rows))
+    if dialect in ("sqlite", "postgresql", "mysql"):
+        session.execute(_upsert_statement(dialect, model.__table__, tuple(keys), tuple(updated)), list(rows))
     else:  # what Optuna does elsewhere: look each row up
         for row in rows:
             found = session.query(model).filter_by(**{k: row[k] for k in keys}).one_or_none()
@@ -573,13 +623,14 @@ def _upsert(session: Any, model: Any, rows: Sequence[dict[str, Any]], keys: Sequ
                     setattr(found, c, row[c])
 
 
-def _beat(session: Any, trial_id: int) -> None:
-    """RDBStorage.record_heartbeat, inside a transaction of ours."""
-    heartbeat = models.TrialHeartbeatModel.where_trial_id(trial_id, session)
-    if heartbeat is None:
-        session.add(models.TrialHeartbeatModel(trial_id=trial_id))
-    else:
-        heartbeat.heartbeat = session.execute(sa.func.now()).scalar()
+@functools.cache  # a pure function of its arguments; building the statement costs more than running it
+def _upsert_statement(dialect: str, table: sa.Table, keys: tuple[str, ...], updated: tuple[str, ...]) -> sa.Executable:
+    if dialect == "mysql":
+        mysql = mysql_insert(table)
+        return mysql.on_duplicate_key_update({c: mysql.inserted[c] for c in updated})
+    insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(table)
+    return insert.on_conflict_do_update(index_elements=[table.c[k] for k in keys],
+                                        set_={c: insert.excluded[c] for c in updated})
 
 
 class TrialSource(Protocol):

@@ -301,6 +301,7 @@ class StageRun:
                 self.study.set_user_attr(key, value)
         self.running: dict[int, objective.TrialRecorder] = {}
         self.batch = objective.WriteBatch(storage)  # the running trials' epochs, written together
+        self._ending: list[objective.Ending] = []  # trials ended during this poll, not written yet
         self._no_queue_until = 0.0  # no trial queued with enqueue_trial: look again then
         # What samplers, pruners and progress see of the stage: bounded, read incrementally.
         self.history = StageHistory(storage, self.study._study_id, self.study.direction, stage.history)
@@ -339,6 +340,7 @@ class StageRun:
                     break
                 if self.running:
                     self.executor.poll(self, timeout=_POLL_S)
+                    self._end_trials()
                 else:
                     self._wait()
                 now = time.monotonic()
@@ -360,6 +362,10 @@ class StageRun:
             # Interrupted (Ctrl-C, SIGTERM) or broken: no trial of ours may stay RUNNING. Lost, not
             # failed: whichever run claims their slots next runs them again.
             self.executor.close()
+            try:
+                self._end_trials()  # trials that did end are kept
+            except StorageUnavailableError:
+                pass
             for recorder in self.running.values():
                 try:
                     recorder.fail("interrupted: the run was stopped before this trial finished", lost=True)
@@ -412,21 +418,31 @@ class StageRun:
             if self.failures.count >= self.stage.max_failures or self._ended:
                 self._may_ask = False
                 return
-            claim = self.claims.take(self.budget)
-            if claim is None:
+            claims = self.claims.take_many(self.budget, self.executor.free_slots())
+            if not claims:
                 self._may_ask = False  # every slot is held: look again when a trial ends, or in a while
                 return
-            recorder = self._start(claim)
-            try:
-                params = suggest(recorder.trial, self.space)
-                config = objective.trial_config(self.spec, params, recorder.number)
-            except HpsearchError as exc:
-                self._failed(recorder.number, str(exc), "", recorder)
-                continue
-            recorder.start()  # one transaction: the parameters, the first heartbeat, the claim's trial
-            self.running[recorder.number] = recorder
-            self._waiting = False
-            self.executor.submit(TrialJob(recorder.number, config, self.spec.data, params))
+            starting: list[tuple[objective.TrialRecorder, TrialJob]] = []
+            for claim in claims:
+                recorder = self._start(claim)
+                try:
+                    params = suggest(recorder.trial, self.space)
+                    config = objective.trial_config(self.spec, params, recorder.number)
+                except HpsearchError as exc:
+                    self._failed(recorder.number, str(exc), "", recorder)
+                    continue
+                if self.plan.reads_history:
+                    recorder.start()  # the sampler's next ask must see this trial's parameters
+                starting.append((recorder, TrialJob(recorder.number, config, self.spec.data, params)))
+            if not self.plan.reads_history:
+                # One transaction for all: the parameters, a heartbeat, the claim's trial of each.
+                gone = self.study._storage.write_trials([r.starting() for r, _ in starting])  # type: ignore[attr-defined]
+                for recorder, _ in starting:
+                    recorder.gone = recorder.trial._trial_id in gone
+            for recorder, job in starting:
+                self.running[recorder.number] = recorder
+                self.executor.submit(job)
+            self._waiting = self._waiting and not starting
 
     def _start(self, claim: Claim) -> objective.TrialRecorder:
         """Create the trial that fills ``claim``, RUNNING and owned by this process from its first write.
@@ -486,20 +502,31 @@ class StageRun:
     def on_report(self, key: int, epoch: int, metrics: Mapping[str, float]) -> bool:
         return self.running[key].report(epoch, metrics)
 
+    # Trials that end during a poll are written together when it returns (_end_trials): the members
+    # of a pack often end in the same epoch, and one transaction each would keep the database busy.
     def on_result(self, key: int, result: TrainResult) -> None:
         recorder = self.running.pop(key)
-        recorder.finish(result)
-        self._trial_ended(recorder)
+        self._ending.append(recorder.finishing(result))
 
     def on_error(self, key: int, message: str, detail: str, lost: bool = False) -> None:
-        self._failed(key, message, detail, self.running.pop(key), lost)
+        recorder = self.running.pop(key)
+        self._ending.append(recorder.failing(self._failure(message, detail), lost=lost))
+
+    def _end_trials(self) -> None:
+        endings, self._ending = self._ending, []
+        objective.end_all(self.study._storage, endings)
+        for ending in endings:
+            self._trial_ended(ending.recorder)
 
     def _failed(self, key: int, message: str, detail: str, recorder: objective.TrialRecorder, lost: bool = False) -> None:
-        # A lost trial did nothing wrong (its worker was killed, its node lost): its slot runs it again.
-        recorder.fail(message if not detail else f"{message}\n{detail}", lost=lost)
+        recorder.fail(self._failure(message, detail), lost=lost)
+        self._trial_ended(recorder)
+
+    def _failure(self, message: str, detail: str) -> str:
+        """Count a failed trial; its fail reason. A lost trial (its worker killed, its node lost) counts too."""
         self.failures.count += 1
         self.failures.last = (message.strip().splitlines() or ["(no message)"])[0]  # the CLI prints one line
-        self._trial_ended(recorder)
+        return message if not detail else f"{message}\n{detail}"
 
     def _trial_ended(self, recorder: objective.TrialRecorder) -> None:
         self._may_ask = True

@@ -39,22 +39,26 @@ def _claims(study: optuna.Study, pid: int = 1, host: str = "h", grace_s: float =
     return StageClaims(study._storage.engine, study._study_id, Owner(host, pid), grace_s)  # type: ignore[attr-defined]
 
 
-def _take_all(url: str, study_name: str, budget: int, pid: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _take_all(url: str, study_name: str, budget: int, pid: int, at_once: int,
+              out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     storage = open_storage(url)
     study = optuna.load_study(study_name=study_name, storage=storage)
     claims = _claims(study, pid=pid)
     taken = []
-    while (claim := claims.take(budget)) is not None:
-        trial_id = storage.create_new_trial(study._study_id)
-        claims.bind(claim, trial_id)
-        taken.append(claim.slot)
+    while batch := claims.take_many(budget, at_once):
+        for claim in batch:
+            trial_id = storage.create_new_trial(study._study_id)
+            claims.bind(claim, trial_id)
+            taken.append(claim.slot)
     out.put(taken)
 
 
 def test_processes_claiming_at_once_take_each_slot_exactly_once(url: str, study: optuna.Study) -> None:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    processes = [context.Process(target=_take_all, args=(url, study.study_name, 24, pid, queue)) for pid in range(4)]
+    # One slot at a time and several in one transaction (a fused executor's free slots), side by side.
+    processes = [context.Process(target=_take_all, args=(url, study.study_name, 24, pid, at_once, queue))
+                 for pid, at_once in enumerate([1, 3, 1, 5])]
     for p in processes:
         p.start()
     slots = [slot for _ in processes for slot in queue.get(timeout=120)]
@@ -62,6 +66,22 @@ def test_processes_claiming_at_once_take_each_slot_exactly_once(url: str, study:
         p.join(30)
     assert sorted(slots) == list(range(24))
     assert len(study.get_trials()) == 24
+
+
+def test_taking_many_claims_fresh_slots_up_to_the_budget_then_failed_ones(study: optuna.Study) -> None:
+    claims, storage = _claims(study), study._storage
+
+    def take(n: int) -> list[tuple[int, int]]:
+        taken = claims.take_many(5, n)
+        for claim in taken:  # each gets its trial, as the stage loop does
+            claims.bind(claim, storage.create_new_trial(study._study_id))  # type: ignore[attr-defined]
+        return [(c.slot, c.attempt) for c in taken]
+
+    assert take(3) == [(0, 0), (1, 0), (2, 0)]
+    assert take(3) == [(3, 0), (4, 0)]  # the budget ends at slot 4
+    assert take(3) == []
+    storage.set_trial_state_values(study.trials[1]._trial_id, TrialState.FAIL)  # type: ignore[attr-defined]
+    assert take(3) == [(1, 1)]  # a failed slot, once
 
 
 def test_a_failed_trial_frees_its_slot_for_one_new_attempt(study: optuna.Study) -> None:

@@ -11,7 +11,7 @@ from optuna.storages._rdb import models
 from optuna.trial import TrialState
 import sqlalchemy as sa
 
-from hpsearch.objective import TrialRecorder, WriteBatch
+from hpsearch.objective import TrialRecorder, WriteBatch, end_all
 from hpsearch.storage import open_storage, quiet_heartbeat_warnings
 from hpsearch.train import StopReason, TrainResult
 
@@ -104,3 +104,51 @@ def test_heartbeats_of_all_running_trials_in_one_statement(tmp_path: Path) -> No
     with storage.engine.connect() as conn:
         after = dict(conn.execute(sa.select(beats.c.trial_id, beats.c.heartbeat)).all())
     assert [after[r.trial._trial_id] > old for r in recorders] == [True, True, False]
+
+
+def _result(value: float, reason: StopReason = StopReason.COMPLETED) -> TrainResult:
+    return TrainResult(best_metrics={"val_rmse": value}, best_epoch=1, epochs_run=1, duration_s=0.1, device="cpu",
+                       samples_per_s=1.0, stop_reason=reason, message="")
+
+
+def test_trials_that_end_together_are_written_in_one_transaction(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage)
+    batch = WriteBatch(storage)
+    recorders = [_running(study, batch) for _ in range(4)]
+    for i, recorder in enumerate(recorders):
+        recorder.report(1, {"val_rmse": 5.0 + i})
+    storage.set_trial_state_values(recorders[3].trial._trial_id, TrialState.FAIL)  # another run failed it
+    endings = [recorders[0].finishing(_result(1.5)), recorders[1].finishing(_result(9.0, StopReason.PRUNED)),
+               recorders[2].failing("boom", lost=True), recorders[3].finishing(_result(0.5))]
+    commits: list[object] = []
+
+    def commit(conn: object) -> None:
+        commits.append(conn)
+
+    sa.event.listen(sa.engine.Engine, "commit", commit)
+    try:
+        end_all(storage, endings)
+    finally:
+        sa.event.remove(sa.engine.Engine, "commit", commit)
+    assert len(commits) == 1
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.FAIL]
+    assert trials[0].value == 1.5 and trials[0].user_attrs["best_epoch"] == 1
+    assert trials[1].value == 6.0  # a pruned trial's value is its last report
+    assert trials[2].user_attrs["fail_reason"] == "boom" and trials[2].user_attrs["lost"] is True
+    assert trials[0].intermediate_values == {1: 5.0} and trials[2].intermediate_values == {1: 7.0}
+    assert trials[3].value is None and "best_epoch" not in trials[3].user_attrs  # skipped: not ours any more
+    assert recorders[3].gone and recorders[3].frozen.state is TrialState.RUNNING  # the stage reads what was written
+    assert [r.frozen.state for r in recorders[:3]] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+
+
+def test_a_created_trial_has_a_heartbeat_from_its_first_commit(tmp_path: Path) -> None:
+    # A run that dies right after creating a trial leaves it to be found stale, not RUNNING for ever.
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage)
+    template = optuna.trial.create_trial(state=TrialState.RUNNING)
+    trial_id = storage.create_new_trial(study._study_id, template)
+    beats = models.TrialHeartbeatModel.__table__
+    with storage.engine.connect() as conn:
+        assert conn.execute(sa.select(beats.c.trial_id)).scalars().all() == [trial_id]

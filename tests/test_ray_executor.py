@@ -79,7 +79,9 @@ def test_an_embedded_ray_runs_the_study_records_every_curve_and_prunes(workdir: 
         if t.state is TrialState.COMPLETE:
             assert t.value == pytest.approx(min(curve.values()))  # the best epoch's metric
     pruned = [t for t in trials if t.user_attrs["stop_reason"] == "pruned"]
-    assert pruned and all(t.state is TrialState.PRUNED and len(t.intermediate_values) < 8 for t in pruned)
+    # The median pruner may stop a trial at any epoch, its last included; some stop early.
+    assert pruned and all(t.state is TrialState.PRUNED for t in pruned)
+    assert any(len(t.intermediate_values) < 8 for t in pruned)
     workers = min(2, os.cpu_count() or 1)  # a worker holds one CPU
     assert len({t.user_attrs["worker_pid"] for t in trials}) == workers  # kept for the whole run
 

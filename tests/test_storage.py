@@ -7,6 +7,7 @@ cannot be reached the tests that need it skip, except under ``HPSEARCH_REQUIRE_S
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import contextlib
 import multiprocessing
 import os
 from pathlib import Path
@@ -26,10 +27,11 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 import sqlalchemy.exc
 
+from hpsearch import retrying
 from hpsearch.cli import EXIT_STORAGE, EXIT_USAGE
 from hpsearch.errors import StorageError, StorageUnavailableError
 from hpsearch.faults import RETRY_ENV_VAR, Fault, classify
-from hpsearch.retrying import WRITE_ID_ATTR, RetryingStorage
+from hpsearch.retrying import WRITE_ID_ATTR, RetryingStorage, TrialWrite
 from hpsearch.storage import (
     DEFAULT_URL,
     ENV_VAR,
@@ -426,6 +428,40 @@ def test_a_trial_finished_before_the_connection_dropped_is_finished_once(storage
     study.tell(trial, 2.5)  # the repeat would raise UpdateFinishedTrialError if it were sent again
     (frozen,) = study.get_trials()
     assert frozen.state is TrialState.COMPLETE and frozen.value == 2.5
+
+
+def test_trials_written_together_before_the_connection_dropped_are_written_once(
+        storage: RetryingStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = optuna.create_study(storage=storage, study_name=_name(storage))
+    trials = []
+    for i in range(3):
+        trial = study.ask()
+        storage.defer_writes(trial._trial_id)  # as the stage loop does: parameters and epochs wait for the write
+        trial.suggest_float("x", 0, 1)
+        trial.report(float(i), 1)
+        trials.append(trial)
+    writes = [TrialWrite(trials[0]._trial_id, {"a": 1}, heartbeat=True),  # still running
+              TrialWrite(trials[1]._trial_id, {"a": 2}, state=TrialState.COMPLETE, values=[1.5]),
+              TrialWrite(trials[2]._trial_id, {"a": 3}, state=TrialState.FAIL)]
+    real, calls = retrying._create_scoped_session, 0
+
+    @contextlib.contextmanager
+    def lost_after_commit(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        nonlocal calls
+        calls += 1
+        with real(*args, **kwargs) as session:
+            yield session
+        if calls == 1:  # committed, and then the answer is lost
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, sqlite3.OperationalError("database is locked"))
+
+    monkeypatch.setattr(retrying, "_create_scoped_session", lost_after_commit)
+    assert storage.write_trials(writes) == set()
+    monkeypatch.undo()
+    assert calls == 2
+    written = study.get_trials()
+    assert [t.state for t in written] == [TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL]
+    assert [t.user_attrs["a"] for t in written] == [1, 2, 3] and written[1].value == 1.5
+    assert all(set(t.params) == {"x"} and t.intermediate_values == {1: float(i)} for i, t in enumerate(written))
 
 
 def test_a_study_created_before_the_connection_dropped_is_loaded(storage: RetryingStorage,
