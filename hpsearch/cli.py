@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpsearch", description="Coarse-to-fine hyperparameter search for PyTorch models.")
     parser.add_argument("--version", action="version", version=f"hpsearch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", parents=[common], help="run (or resume) every stage of a study")
+    run = sub.add_parser("run", parents=[common], help="run (or resume) every stage of a study")
+    run.add_argument("--force-resume", action="store_true",
+                     help="resume although the study file changed the metric, direction, seed, data, model or train "
+                          "of a started stage (recorded on the stage)")
     sub.add_parser("validate", parents=[common], help="check a study file and its data without running anything")
     sub.add_parser("status", parents=[common], help="per stage: trials by state, best value and parameters")
     sub.add_parser("best", parents=[common], help="the best trial as JSON")
@@ -123,7 +126,17 @@ def _storage(spec: Any, create: bool = False) -> Any:
     return open_storage(resolve_url(spec.storage), create=create)
 
 
+def _checked_storage(spec: Any) -> Any:
+    """The study's storage (read only), once the study file is known to match its started stages."""
+    from hpsearch import identity
+
+    storage = _storage(spec)
+    identity.check(spec, storage)
+    return storage
+
+
 def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from hpsearch import identity
     from hpsearch.preflight import preflight
     from hpsearch.progress import ProgressListener
     from hpsearch.stages import run_study
@@ -132,11 +145,13 @@ def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     spec = _load(args)
     preflight(spec)
     storage = _storage(spec, create=True)
+    if not args.force_resume:
+        identity.check(spec, storage)  # a refusal is the only line (run_study checks again, for API callers)
     stderr.write(f"hpsearch: study {spec.name} in {mask_url(resolve_url(spec.storage))}\n")
     stop = threading.Event()
     with _stop_on_signals(stop):
         try:
-            run_study(spec, storage, ProgressListener(stderr), stop)
+            run_study(spec, storage, ProgressListener(stderr), stop, force_resume=args.force_resume)
         except StorageUnavailableError:
             raise  # no summary: reading it would fail too, and hide the line that says why
         except BaseException:
@@ -199,7 +214,7 @@ def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from hpsearch.storage import mask_url, resolve_url
 
     spec = _load(args)
-    storage = _storage(spec)
+    storage = _checked_storage(spec)
     stdout.write(f"study {spec.name} in {mask_url(resolve_url(spec.storage))}, {spec.direction} {spec.metric}\n")
     rows = results.status(spec, storage)
     stdout.write(results.format_status(rows, spec.direction) + "\n")
@@ -214,7 +229,7 @@ def _best(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from hpsearch import results
 
     spec = _load(args)
-    stdout.write(json.dumps(results.best_record(spec, _storage(spec)), indent=2) + "\n")
+    stdout.write(json.dumps(results.best_record(spec, _checked_storage(spec)), indent=2) + "\n")
     return 0
 
 
@@ -222,7 +237,7 @@ def _export(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from hpsearch import results
 
     spec = _load(args)
-    rows = results.export(spec, _storage(spec), args.out)
+    rows = results.export(spec, _checked_storage(spec), args.out)
     stderr.write(f"hpsearch: wrote {rows} trial(s) to {args.out}\n")
     return 0
 

@@ -121,6 +121,8 @@ class StudySpec:
     stages: tuple[StageSpec, ...]
     executor: ExecutorSpec
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    # The study file as read, after --set: what each stage stores (hpsearch.identity).
+    resolved: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def stage_pruner(self, stage: StageSpec) -> PrunerSpec:
         return stage.pruner or self.pruner
@@ -226,7 +228,8 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     _check_study_names_fit_storage(name, stages, "stages" in raw)
     executor = _executor(raw.get("executor", {}))
     pruner = _pruner(raw.get("pruner"), "pruner") or PrunerSpec()
-    return StudySpec(name, storage, metric, direction, seed, data, model, train, space, stages, executor, pruner)
+    return StudySpec(name, storage, metric, direction, seed, data, model, train, space, stages, executor, pruner,
+                     resolved=copy.deepcopy(dict(raw)))
 
 
 def _name(value: Any, path: str) -> str:

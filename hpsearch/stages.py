@@ -30,7 +30,7 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 import sqlalchemy as sa
 
-from hpsearch import objective, pruners, samplers
+from hpsearch import identity, objective, pruners, samplers
 from hpsearch.coordination import Claim, Owner, RunRegistry, StageClaims, ensure_tables
 from hpsearch.errors import HpsearchError, SpecError, StageFailedError, StorageUnavailableError
 from hpsearch.executors import Executor, TrialJob, make_executor
@@ -90,7 +90,8 @@ class _Failure:
 
 
 def run_study(spec: StudySpec, storage: optuna.storages.BaseStorage, listener: RunListener | None = None,
-              stop: threading.Event | None = None, executor: Executor | None = None) -> None:
+              stop: threading.Event | None = None, executor: Executor | None = None,
+              force_resume: bool = False) -> None:
     """Run every stage of ``spec`` in order, on ``executor`` (default: the one the study file names).
 
     Other processes may run the same study at the same time; together they run each stage's budget.
@@ -99,9 +100,12 @@ def run_study(spec: StudySpec, storage: optuna.storages.BaseStorage, listener: R
 
     Raises:
         StageFailedError: a stage's trials failed ``max_failures`` times, or it had nothing to narrow from.
+        SpecError: the study file changed what a started stage's trials train or rank by
+            (:mod:`hpsearch.identity`), and not ``force_resume``.
     """
     listener = listener or RunListener()
     stop = stop or threading.Event()
+    identity.check(spec, storage, force=force_resume)
     done = study_done(spec, storage)
     if done is not None:
         listener.on_study_done(spec, done)  # nothing to run: and nothing written (the file may be read-only)
@@ -294,6 +298,7 @@ class StageRun:
             self.planned += [c for c in self.plan.configs if c not in self.planned]
         self.budget = stage.trials if self.plan.configs is None else min(stage.trials, len(self.planned))
         self.shown = dataclasses.replace(stage, trials=self.budget)  # the stage as progress output shows it
+        identity.record(self.study, spec)
         for key, value in {"hpsearch_stage": stage.name, "stage_index": index, "sampler": stage.sampler,
                            "pruner": spec.stage_pruner(stage).kind, "metric": spec.metric,
                            ATTR_BUDGET: self.budget, ATTR_TRIALS: stage.trials}.items():

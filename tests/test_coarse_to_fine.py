@@ -115,7 +115,7 @@ def test_killed_mid_stage_every_stage_ends_with_exactly_its_budget(workdir: Path
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=30)
     stored = _study("fine").user_attrs[ATTR_SPACE]
-    code, out, err = cli("run", str(path), "--set", "train.epochs=3")
+    code, out, err = cli("run", str(path), "--set", "train.epochs=3", "--force-resume")  # finish quickly
     assert code == 0, err
     assert _finished("coarse") == 4 and _finished("fine") == 4
     assert _study("fine").user_attrs[ATTR_SPACE] == stored

@@ -39,7 +39,7 @@ def _states() -> list[TrialState]:
 
 
 def _resume_and_check(path: Path, workdir: Path) -> list[optuna.trial.FrozenTrial]:
-    done = cli_process("run", str(path), "--set", "train.epochs=3", cwd=workdir)
+    done = cli_process("run", str(path), "--set", "train.epochs=3", "--force-resume", cwd=workdir)  # finish quickly
     assert done.returncode == 0, done.stderr
     trials = optuna.load_study(study_name="cars/coarse", storage=STORAGE).get_trials()
     assert not [t for t in trials if t.state is TrialState.RUNNING]

@@ -115,7 +115,7 @@ def test_sigterm_stops_a_ray_run_cleanly_and_a_killed_run_resumes(workdir: Path)
     running_trial(process)
     process.kill()  # its embedded Ray goes with it; nothing of it may stop the next run
     process.communicate(timeout=30)
-    done = cli_process("run", str(path), "--set", "train.epochs=3", cwd=workdir)
+    done = cli_process("run", str(path), "--set", "train.epochs=3", "--force-resume", cwd=workdir)  # finish quickly
     assert done.returncode == 0, done.stderr
     trials = _trials()
     assert any("abandoned" in t.user_attrs.get("fail_reason", "") for t in trials)
