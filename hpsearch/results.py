@@ -210,6 +210,27 @@ def trials_frame(spec: StudySpec, storage: RetryingStorage) -> pd.DataFrame:
     return exporting.trials_frame(storage, _started(spec, storage))
 
 
+def curves_frame(spec: StudySpec, storage: RetryingStorage) -> pd.DataFrame:
+    """The learning curves of every trial of every started stage in long form: one row per trial and
+    epoch, columns ``stage``, ``trial``, ``state``, ``epoch`` and the study's metric (one query a stage)."""
+    import pandas as pd
+
+    t, v = _TRIALS, models.TrialIntermediateValueModel.__table__
+    to_value = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
+    rows: list[tuple[str, int, str, int, float]] = []
+    for stage, study_id in _started(spec, storage):
+        query = (sa.select(t.c.number, t.c.state, v.c.step, v.c.intermediate_value, v.c.intermediate_value_type)
+                 .join(v, v.c.trial_id == t.c.trial_id).where(t.c.study_id == study_id).order_by(t.c.number, v.c.step))
+        read = storage.call_with_retries("read the learning curves", _rows, storage.engine, query)
+        rows += [(stage, number, state.name, step, to_value(value, kind)) for number, state, step, value, kind in read]
+    return pd.DataFrame(rows, columns=["stage", "trial", "state", "epoch", spec.metric])
+
+
+def _rows(engine: sa.engine.Engine, query: sa.Select[Any]) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(query).all())
+
+
 def export(spec: StudySpec, storage: RetryingStorage, out: str | Path) -> int:
     """Write every trial to ``out`` (.csv or .parquet), a chunk of trials at a time; returns the number of rows."""
     from hpsearch import export as exporting
