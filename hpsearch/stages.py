@@ -447,7 +447,8 @@ class StageRun:
             for recorder, job in starting:
                 self.running[recorder.number] = recorder
                 self.executor.submit(job)
-            self._waiting = self._waiting and not starting
+            if starting:
+                self._waiting = False
 
     def _start(self, claim: Claim) -> objective.TrialRecorder:
         """Create the trial that fills ``claim``, RUNNING and owned by this process from its first write.
