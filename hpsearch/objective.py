@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import copy
+import dataclasses
 from dataclasses import dataclass
 import datetime
 import math
@@ -92,12 +93,23 @@ class WriteBatch:
 
     def flush(self) -> None:
         recorders, self._dirty = list(self._dirty.values()), {}
-        if recorders:
-            gone = self._storage.write_trials([r.take_write() for r in recorders])
-            for recorder in recorders:
-                # Another run failed it as abandoned (this run was suspended past the grace period).
-                recorder.gone = recorder.trial._trial_id in gone
+        write_together(self._storage, recorders, [r.take_write() for r in recorders])
         self._written_at = time.monotonic()
+
+
+def start_all(storage: Any, recorders: Sequence[TrialRecorder]) -> None:
+    """:meth:`TrialRecorder.start` of every one of ``recorders``, in one transaction."""
+    write_together(storage, recorders, [r.starting() for r in recorders])
+
+
+def write_together(storage: Any, recorders: Sequence[TrialRecorder], writes: Sequence[TrialWrite]) -> None:
+    """Make ``writes`` (one for each of ``recorders``) in one transaction; nothing when there are none."""
+    if not writes:
+        return
+    gone = storage.write_trials(writes)
+    for recorder in recorders:
+        # Another run failed it as abandoned (this run was suspended past the grace period).
+        recorder.gone = recorder.trial._trial_id in gone
 
 
 class TrialRecorder:
@@ -134,8 +146,7 @@ class TrialRecorder:
 
     def starting(self) -> TrialWrite:
         """What :meth:`start` writes, as a write for ``RetryingStorage.write_trials`` to make with others'."""
-        write = self.take_write()
-        return TrialWrite(write.trial_id, write.user_attrs, heartbeat=True, statements=write.statements)
+        return dataclasses.replace(self.take_write(), heartbeat=True)
 
     def _write(self, attrs: Mapping[str, Any], heartbeat: bool = False) -> None:
         """Write ``attrs`` with everything pending (parameters, intermediate values, attributes) in one transaction."""
@@ -218,9 +229,7 @@ class TrialRecorder:
         if self._batch is not None:
             self._batch.drop(self)  # what it holds is written now, with the end
         self._pending.update(attrs)
-        write = self.take_write()
-        write = TrialWrite(write.trial_id, write.user_attrs, statements=write.statements, state=state,
-                           values=None if value is None else [value])
+        write = dataclasses.replace(self.take_write(), state=state, values=None if value is None else [value])
         return Ending(self, write, state, value)
 
     def end(self, ending: Ending) -> TrialState:

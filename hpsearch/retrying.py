@@ -240,13 +240,10 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     def beat(self, trial_ids: Sequence[int]) -> None:
         """Record a heartbeat of every trial of ``trial_ids`` in one transaction (their rows exist:
         a trial's first heartbeat is written when it starts, see :meth:`write_trial`)."""
-        beats = models.TrialHeartbeatModel.__table__
 
         def write() -> None:
             with _create_scoped_session(self._rdb.scoped_session, True) as session:
-                for start in range(0, len(trial_ids), _IN_CHUNK):
-                    session.execute(sa.update(beats).where(beats.c.trial_id.in_(trial_ids[start:start + _IN_CHUNK]))
-                                    .values(heartbeat=sa.func.now()))
+                _beat_all(session, trial_ids)
 
         if trial_ids:
             self.call_with_retries("record heartbeats", write)

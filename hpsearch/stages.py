@@ -441,9 +441,7 @@ class StageRun:
                 starting.append((recorder, TrialJob(recorder.number, config, self.spec.data, params)))
             if not self.plan.reads_history:
                 # One transaction for all: the parameters, a heartbeat, the claim's trial of each.
-                gone = self.study._storage.write_trials([r.starting() for r, _ in starting])  # type: ignore[attr-defined]
-                for recorder, _ in starting:
-                    recorder.gone = recorder.trial._trial_id in gone
+                objective.start_all(self.study._storage, [recorder for recorder, _ in starting])
             for recorder, job in starting:
                 self.running[recorder.number] = recorder
                 self.executor.submit(job)
