@@ -6,6 +6,8 @@
     study.best()                    # {"stage", "trial", "value", "params", "metrics"}, as `hpsearch best`
     study.trials()                  # one row per trial of every stage (pandas), as `hpsearch export`
     study.trials(curves=True)       # the learning curves in long form: stage, trial, state, epoch, value
+    study.best_model().predict_frame(rows)   # the best trial's kept model predicts a pandas frame
+    study.report("report/")         # report/index.html, as `hpsearch report` (needs hpsearch[report])
 
     hpsearch.load("studies/car_price.yaml")   # the same object for a study run before (reads only)
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from hpsearch.stages import RunListener
+    from hpsearch.train.checkpoint import TrainedModel
 
 StudyArg = str | Path | Mapping[str, Any]
 Overrides = Mapping[str, Any] | Sequence[str]
@@ -89,6 +92,19 @@ class Study:
         """The best complete trial over all stages, as Optuna's ``FrozenTrial``."""
         return results.overall_best(self.spec, self.storage)[1]
 
+    def best_model(self) -> TrainedModel:
+        """The best trial's kept model (``keep: best`` or ``all``): ``.network()`` is the trained torch
+        module, ``.predict_frame(rows)`` predicts a pandas frame of rows like the study's data file."""
+        from hpsearch import predict
+
+        return predict.load_model(self.spec, self.storage)[1]
+
+    def model(self, trial: int, stage: str | None = None) -> TrainedModel:
+        """The kept model of trial ``trial`` (of ``stage``, needed when two stages kept a trial of that number)."""
+        from hpsearch import predict
+
+        return predict.load_model(self.spec, self.storage, trial, stage)[1]
+
     def trials(self, curves: bool = False) -> pd.DataFrame:
         """One row per trial of every started stage (``stage`` first, then Optuna's ``trials_dataframe``
         columns); with ``curves``, the learning curves in long form instead: one row per trial and
@@ -96,6 +112,12 @@ class Study:
         if curves:
             return results.curves_frame(self.spec, self.storage)
         return results.trials_frame(self.spec, self.storage)
+
+    def report(self, out_dir: str | Path) -> Path:
+        """Write the self-contained HTML report, as ``hpsearch report --out out_dir``; returns its index.html."""
+        from hpsearch import report  # here: plotly is an extra
+
+        return report.write_report(self.spec, self.storage, out_dir)
 
 
 def _spec(study: StudyArg, overrides: Overrides) -> StudySpec:

@@ -1,8 +1,9 @@
-"""Command line: ``hpsearch run|validate|status|best|export|submit STUDY.yaml``.
+"""Command line: ``hpsearch run|validate|status|best|predict|export|report|dashboard|submit|lr-range STUDY.yaml``.
 
 User errors become one line on stderr and exit status 2 (``--debug`` shows the traceback); a stage
 stopped by failing trials exits 1; a storage that cannot be reached or written exits 3; an
-interrupted run exits 130 and resumes when run again.
+interrupted run exits 130 and resumes when run again. ``hpsearch dashboard`` serves until Ctrl-C or
+SIGTERM and then exits 0.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ import threading
 from typing import Any, TextIO
 
 from hpsearch import __version__
-from hpsearch.errors import HpsearchError, StageFailedError, StorageUnavailableError
+from hpsearch.errors import (
+    HpsearchError,
+    RunAbortedError,
+    StageFailedError,
+    StorageUnavailableError,
+    one_line,
+)
+from hpsearch.signals import on_stop_signals
 
 EXIT_USAGE = 2
 EXIT_STAGE_FAILED = 1
@@ -44,9 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
                           "of a started stage (recorded on the stage)")
     sub.add_parser("validate", parents=[common], help="check a study file and its data without running anything")
     sub.add_parser("status", parents=[common], help="per stage: trials by state, best value and parameters")
-    sub.add_parser("best", parents=[common], help="the best trial as JSON")
+    best = sub.add_parser("best", parents=[common], help="the best trial as JSON")
+    best.add_argument("--config", action="store_true",
+                      help="print instead a study file (YAML) that trains exactly the best trial again")
+    predict = sub.add_parser("predict", parents=[common], help="predict new rows with a kept model (keep: best|all)")
+    predict.add_argument("--input", required=True, metavar="FILE", help="rows to predict: FILE.csv or FILE.parquet")
+    predict.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet: the rows and their predictions")
+    predict.add_argument("--trial", type=int, metavar="N", help="the model of trial N (default: the study's best trial)")
+    predict.add_argument("--stage", metavar="NAME", help="the stage of --trial, or whose best trial to use")
     export = sub.add_parser("export", parents=[common], help="write one row per trial to a CSV or Parquet file")
     export.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
+    report = sub.add_parser("report", parents=[common], help="write a self-contained HTML report (DIR/index.html)")
+    report.add_argument("--out", required=True, metavar="DIR", help="the folder to write index.html into")
+    dashboard = sub.add_parser("dashboard", parents=[common],
+                               help="serve optuna-dashboard on the study's storage, read-only, until Ctrl-C")
+    # Values are checked by hpsearch.dashboard: a bad one is one line naming the option.
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (default 127.0.0.1; another one warns: no authentication)")
+    dashboard.add_argument("--port", default="8080", help="port to listen on (default 8080)")
+    lr_range = sub.add_parser("lr-range", parents=[common],
+                              help="learning-rate range test: suggest the lr range from one short run per lr sweep")
+    # Values are checked by hpsearch.lr_range: a bad one is one line naming the option.
+    lr_range.add_argument("--min", default="1e-8", help="the sweep's first lr (default 1e-8)")
+    lr_range.add_argument("--max", default="10", help="the sweep's last lr (default 10)")
+    lr_range.add_argument("--steps", default="200", help="optimizer steps, one per lr (default 200, at least 10)")
+    lr_range.add_argument("--repeats", default="3", help="repeats, each from its own seed (default 3)")
+    lr_range.add_argument("--out", metavar="DIR", help="folder for curves.csv and lr_range.png (default lr-range-NAME)")
     submit = sub.add_parser("submit", parents=[common], help="submit a SLURM job array whose tasks all run the study")
     submit.add_argument("--slurm", action="store_true", help="submit to SLURM with sbatch (the only scheduler so far)")
     # Values are checked by hpsearch.slurm, so a bad one is one line naming the option, like every other error.
@@ -67,20 +98,20 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     _configure_logging(args.debug)
     try:
         return _COMMANDS[args.command](args, stdout, stderr)
-    except StageFailedError as exc:
+    except (StageFailedError, RunAbortedError) as exc:
         if args.debug:
             raise
-        stderr.write(f"hpsearch: error: {exc}\n")
+        stderr.write(f"hpsearch: error: {one_line(exc)}\n")
         return EXIT_STAGE_FAILED
     except StorageUnavailableError as exc:
         if args.debug:
             raise
-        stderr.write(f"hpsearch: error: {exc}\n")
+        stderr.write(f"hpsearch: error: {one_line(exc)}\n")
         return EXIT_STORAGE
     except HpsearchError as exc:
         if args.debug:
             raise
-        stderr.write(f"hpsearch: error: {exc}\n")
+        stderr.write(f"hpsearch: error: {one_line(exc)}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         stderr.write("hpsearch: interrupted; finished trials are saved, run the same command again to resume\n")
@@ -136,29 +167,40 @@ def _checked_storage(spec: Any) -> Any:
 
 
 def _run(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from hpsearch import identity
+    from hpsearch import guard, identity
     from hpsearch.preflight import preflight
     from hpsearch.progress import ProgressListener
     from hpsearch.stages import run_study
     from hpsearch.storage import mask_url, resolve_url
 
     spec = _load(args)
+    if guard.needs_guard(spec, stdout, stderr):  # Ray can end this process abruptly: run under a guard
+        return guard.run_guarded(_run_argv(args), spec, lambda: _storage(spec), stderr)
     preflight(spec)
     storage = _storage(spec, create=True)
     if not args.force_resume:
         identity.check(spec, storage)  # a refusal is the only line (run_study checks again, for API callers)
     stderr.write(f"hpsearch: study {spec.name} in {mask_url(resolve_url(spec.storage))}\n")
     stop = threading.Event()
+    listener = ProgressListener(stderr)
     with _stop_on_signals(stop):
         try:
-            run_study(spec, storage, ProgressListener(stderr), stop, force_resume=args.force_resume)
+            run_study(spec, storage, listener, stop, force_resume=args.force_resume)
         except StorageUnavailableError:
+            listener.close()
             raise  # no summary: reading it would fail too, and hide the line that says why
         except BaseException:
+            listener.close()  # the bar's line ends before the table, and the bar is not drawn again
             _summary(spec, storage, stdout)
             raise
         _summary(spec, storage, stdout)
     return 0
+
+
+def _run_argv(args: argparse.Namespace) -> list[str]:
+    """The arguments of this ``hpsearch run``, for the guarded child to run."""
+    return ["run", args.study, *(f"--set={o}" for o in args.overrides), *(["--force-resume"] if args.force_resume else []),
+            *(["--debug"] if args.debug else [])]
 
 
 def _summary(spec: Any, storage: Any, stdout: TextIO) -> None:
@@ -188,12 +230,10 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
     relay_thread = threading.Thread(target=relay, name="hpsearch-signals", daemon=True)
     relay_thread.start()
-    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        with on_stop_signals(handle):
+            yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
         signals.put(None)
         relay_thread.join()
 
@@ -210,7 +250,7 @@ def _validate(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
 
 
 def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    from hpsearch import results
+    from hpsearch import lr_range_stage, results
     from hpsearch.storage import mask_url, resolve_url
 
     spec = _load(args)
@@ -218,9 +258,10 @@ def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     stdout.write(f"study {spec.name} in {mask_url(resolve_url(spec.storage))}, {spec.direction} {spec.metric}\n")
     rows = results.status(spec, storage)
     stdout.write(results.format_status(rows, spec.direction) + "\n")
-    spaces = results.format_spaces(spec, rows)
-    if spaces:
-        stdout.write(spaces + "\n")
+    for extra in (results.format_overrides(spec), results.format_spaces(spec, rows),
+                  lr_range_stage.format_status(spec, storage)):
+        if extra:
+            stdout.write(extra + "\n")
     stdout.write(results.format_processes(results.live_processes(spec, storage)) + "\n")
     return 0
 
@@ -229,7 +270,23 @@ def _best(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from hpsearch import results
 
     spec = _load(args)
+    if args.config:
+        import yaml
+
+        config = results.best_config(spec, _checked_storage(spec))
+        stdout.write(f"# {config.pop('_comment')}\n" + yaml.safe_dump(config, sort_keys=False))
+        return 0
     stdout.write(json.dumps(results.best_record(spec, _checked_storage(spec)), indent=2) + "\n")
+    return 0
+
+
+def _predict(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from hpsearch import predict
+
+    spec = _load(args)
+    kept, rows = predict.predict_file(spec, _checked_storage(spec), args.input, args.out, trial=args.trial,
+                                      stage=args.stage)
+    stderr.write(f"hpsearch: wrote {rows} prediction(s) of trial {kept.trial} of stage {kept.stage} to {args.out}\n")
     return 0
 
 
@@ -240,6 +297,42 @@ def _export(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     rows = results.export(spec, _checked_storage(spec), args.out)
     stderr.write(f"hpsearch: wrote {rows} trial(s) to {args.out}\n")
     return 0
+
+
+def _report(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from hpsearch import report
+
+    report.require_plotly()  # before anything is read: the missing package is the one line to show
+    spec = _load(args)
+    path = report.write_report(spec, _checked_storage(spec), args.out)
+    stderr.write(f"hpsearch: wrote the report to {path}\n")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from hpsearch import dashboard
+    from hpsearch.artifacts import artifact_dir
+    from hpsearch.storage import open_storage, resolve_url
+
+    port = dashboard.parse_port(args.port)
+    dashboard.require_dashboard()  # before anything is read: the missing package is the one line to show
+    spec = _load(args)
+    storage = dashboard.read_only(open_storage(resolve_url(spec.storage), create=False))
+    server = dashboard.DashboardServer(dashboard.wsgi_app(storage, artifact_dir(spec)), args.host, port)
+    if not dashboard.is_loopback(args.host):
+        stderr.write(f"hpsearch: warning: --host {args.host} lets other machines reach the dashboard, "
+                     "which has no authentication\n")
+    stderr.write(f"hpsearch: dashboard of study {spec.name} at {server.url} (read-only; Ctrl-C stops it)\n")
+    stderr.flush()
+    stop = threading.Event()
+    code = 0
+    with _stop_on_signals(stop):
+        try:
+            server.serve(stop)
+        except KeyboardInterrupt:  # a second Ctrl-C while it stops
+            code = EXIT_INTERRUPTED
+    stderr.write("hpsearch: dashboard stopped\n")
+    return code
 
 
 def _submit(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
@@ -266,5 +359,24 @@ def _submit(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "validate": _validate, "status": _status, "best": _best, "export": _export,
-             "submit": _submit}
+def _lr_range(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from pathlib import Path
+
+    from hpsearch import lr_range
+    from hpsearch.preflight import preflight
+
+    settings = lr_range.option_settings(args.min, args.max, args.steps, args.repeats)
+    spec = _load(args)
+    out = Path(args.out) if args.out else lr_range.default_out(spec)
+    preflight(spec)
+    tested = lr_range.run(spec, settings)
+    stdout.write(lr_range.format_results(spec, settings, tested) + "\n")
+    written = lr_range.write_outputs(spec, tested, out)
+    stderr.write(f"hpsearch: wrote the curves to {written.curves}"
+                 + (f" and the plot to {written.plot}\n" if written.plot else f"; {written.note}\n"))
+    return 0
+
+
+_COMMANDS = {"run": _run, "validate": _validate, "status": _status, "best": _best, "predict": _predict,
+             "export": _export, "report": _report, "dashboard": _dashboard,
+             "submit": _submit, "lr-range": _lr_range}

@@ -60,6 +60,11 @@ class StageFailedError(HpsearchError):
     """A stage stopped because too many of its trials failed."""
 
 
+class RunAbortedError(HpsearchError):
+    """The run cannot go on through no fault of the study (its Ray node died): exit 1, as a failed stage;
+    finished trials are kept and running ones failed as lost, so the same command resumes."""
+
+
 def did_you_mean(word: str, allowed: Iterable[str]) -> str:
     """Return `` (did you mean 'x'?)`` for the closest allowed word, or an empty string."""
     close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
@@ -69,3 +74,8 @@ def did_you_mean(word: str, allowed: Iterable[str]) -> str:
 def one_of(allowed: Iterable[object]) -> str:
     """Format allowed values for an error message: ``one of: a, b, c``."""
     return "one of: " + ", ".join(str(a) for a in allowed)
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line: a value quoted in it may hold a newline (a name, a path, a choice)."""
+    return " ".join(str(exc).splitlines())

@@ -1,11 +1,12 @@
 """A study's trials as one table, read with SQL in chunks: what ``hpsearch export`` writes.
 
 The rows and columns are those of Optuna's ``Study.trials_dataframe(multi_index=False)``, with a
-``stage`` column first and list or dict values as text. Optuna builds that frame from every trial of
-a stage as a ``FrozenTrial`` at once: about a minute and gigabytes at 100,000 trials. Here each stage
-is read :data:`CHUNK_TRIALS` trials at a time with plain SQL on Optuna's tables, one row per trial
-(the database turns Optuna's key-value rows into columns), and each chunk is written out and
-dropped, so memory stays flat whatever the number of trials.
+``stage`` column first, list or dict values as text, and the objective's column always ``value``
+(Optuna calls it ``value_<metric>`` once the study names its metric, as hpsearch's stages do).
+Optuna builds that frame from every trial of a stage as a ``FrozenTrial`` at once: about a minute
+and gigabytes at 100,000 trials. Here each stage is read :data:`CHUNK_TRIALS` trials at a time with
+plain SQL on Optuna's tables, one row per trial (the database turns Optuna's key-value rows into
+columns), and each chunk is written out and dropped, so memory stays flat whatever the number of trials.
 
 The work is split between processes, one per CPU (at most :data:`MAX_WORKERS`): the chunks are
 planned first (their trial-id edges), then each process finds the parameter names and attribute keys
@@ -33,12 +34,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from optuna.distributions import BaseDistribution, FloatDistribution, json_to_distribution
 from optuna.storages._rdb import models
-from optuna.study.study import _SYSTEM_ATTR_METRIC_NAMES
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from hpsearch.artifacts import PREFIX as ARTIFACTS
 from hpsearch.retrying import RetryingStorage
 
 if TYPE_CHECKING:
@@ -178,9 +179,9 @@ def _arrow_of_parts(storage: RetryingStorage, columns: Sequence[str], sources: S
 
 def stage_source(storage: RetryingStorage, stage: str, study_id: int, keys: StageKeys | None) -> StageSource:
     """The stage's columns from its ``keys`` (None: it has no trials), so that a CSV header can go first."""
-    # trials_dataframe names the value column after the objective once it has a name (Study.set_metric_names).
-    names = storage.get_study_system_attrs(study_id).get(_SYSTEM_ATTR_METRIC_NAMES)
-    value_column = f"value_{names[0]}" if names else "value"
+    # Always "value": trials_dataframe calls it value_<metric> once the study names its metric, as every
+    # stage does (for optuna-dashboard); an export's columns stay what they were.
+    value_column = "value"
     if keys is None:  # trials_dataframe of a study without trials has no columns
         return StageSource(stage, study_id, value_column, [], StageKeys({}, (), ()))  # no trials, no columns
     named = [sorted(column_name(kind, key) for key in found)
@@ -219,7 +220,9 @@ def _range_keys(storage: RetryingStorage, study_id: int, after: int, upto: int) 
         for name, distribution in distinct(_PARAMS, _PARAMS.c.param_name, _PARAMS.c.distribution_json):
             params[name] = (*params.get(name, ()), distribution)
         user = tuple(key for (key,) in distinct(_USER_ATTRS, _USER_ATTRS.c.key))
-        system = tuple(key for (key,) in distinct(_SYSTEM_ATTRS, _SYSTEM_ATTRS.c.key))
+        # A kept model's artifact attribute has a key of its own (artifacts:<uuid>): a column for each
+        # would grow the file with the study; hpsearch predict and the dashboard find them instead.
+        system = tuple(key for (key,) in distinct(_SYSTEM_ATTRS, _SYSTEM_ATTRS.c.key) if not key.startswith(ARTIFACTS))
     return StageKeys(params, user, system, seen)
 
 

@@ -135,7 +135,7 @@ _MYSQL_TRANSIENT = {
     1040, 1053, 1205, 1213, 1927, 4031,  # too many connections, shutdown, lock wait timeout, deadlock, killed
     1159, 1160, 1161,  # network read/write timeouts
 }
-_MYSQL_PERSISTENT = {1044, 1045, 1049, 1142, 1290, 1836, 1021, 1114, 3}  # access, unknown db, read-only, disk full
+_MYSQL_PERSISTENT = {1044, 1045, 1049, 1142, 1290, 1792, 1836, 1021, 1114, 3}  # access, unknown db, read-only, disk full
 # SQLite primary result codes.
 _SQLITE_TRANSIENT = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
 _SQLITE_PERSISTENT = {3, 8, 10, 11, 13, 14, 23, 26}  # PERM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, AUTH, NOTADB

@@ -7,7 +7,8 @@ of the stage into memory, and TPE and the median pruner would then model all of 
 - the ``best`` best COMPLETE trials seen, however old,
 - the trials running now (in any process),
 
-and the counts of finished trials. Each :meth:`StageHistory.refresh` reads only what changed: trials
+and the counts of finished trials; and, for a later stage's sampler, the earlier stage's trials it
+starts from (:meth:`StageHistory.set_prior`: in view, never counted, never the best). Each :meth:`StageHistory.refresh` reads only what changed: trials
 created since the last read, and the trials that were running then. Its cost does not depend on how
 many trials the stage holds, so a stage of 100,000 trials runs as fast as a fresh one.
 
@@ -57,6 +58,13 @@ class StageHistory:
         self._last_id = -1  # every trial with a larger id is new to us
         self._mine: set[int] = set()  # trials add() counted whose id the database reads have not passed yet
         self._merged: list[FrozenTrial] | None = None
+        self._prior: list[FrozenTrial] = []
+
+    def set_prior(self, trials: Sequence[FrozenTrial]) -> None:
+        """Trials of an earlier stage that samplers see as this stage's own history (numbered below 0,
+        so they never meet the stage's trials); they are not counted and never the stage's best."""
+        self._prior = list(trials)
+        self._merged = None
 
     # Reading.
     def load(self) -> None:
@@ -169,7 +177,7 @@ class StageHistory:
             merged = {t._trial_id: t for t in self._recent.values()}
             merged.update((e[2]._trial_id, e[2]) for e in self._best)
             merged.update(self._running)
-            self._merged = sorted(merged.values(), key=lambda t: t.number)
+            self._merged = [*self._prior, *sorted(merged.values(), key=lambda t: t.number)]
         chosen: Sequence[FrozenTrial] = self._merged
         if states is not None:
             chosen = [t for t in chosen if t.state in states]

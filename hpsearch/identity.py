@@ -21,7 +21,7 @@ import optuna
 
 from hpsearch import __version__
 from hpsearch.errors import SpecError
-from hpsearch.spec import StudySpec
+from hpsearch.spec import StageSpec, StudySpec
 
 ATTR_STUDY_FILE = "study_file"  # the study file the stage started from, after --set
 ATTR_FIXED = "study_fixed"  # its FIXED part, as compared
@@ -32,11 +32,14 @@ ATTR_FORCED = "forced_resumes"  # [{"at": ..., "changes": [...]}]: runs that wen
 FIXED = ("metric", "direction", "seed", "data", "model", "train")
 
 
-def fixed_part(spec: StudySpec) -> dict[str, Any]:
-    """``spec``'s :data:`FIXED` part, as JSON would store it (tuples as lists)."""
+def fixed_part(spec: StudySpec, stage: StageSpec) -> dict[str, Any]:
+    """``spec``'s :data:`FIXED` part for ``stage``, as JSON would store it (tuples as lists); a stage
+    that overrides ``train`` knobs has them as ``stage_train``."""
     raw = spec.resolved
     part = {"metric": spec.metric, "direction": spec.direction, "seed": spec.seed, "data": raw.get("data"),
             "model": raw.get("model", {"kind": "mlp"}), "train": raw.get("train", {})}
+    if stage.train:
+        part["stage_train"] = dict(stage.train)
     return dict(json.loads(json.dumps(part, default=str)))
 
 
@@ -75,11 +78,11 @@ def check(spec: StudySpec, storage: optuna.storages.BaseStorage, force: bool = F
         SpecError: naming the first changed value, old → new, and how to go on.
     """
     ids = {s.study_name: s._study_id for s in storage.get_all_studies()}
-    now = fixed_part(spec)
     for stage in spec.stages:
         study_id = ids.get(spec.study_name(stage))
         if study_id is None:
             continue
+        now = fixed_part(spec, stage)
         attrs = storage.get_study_user_attrs(study_id)
         before = attrs.get(ATTR_FIXED)
         if before is None:
@@ -100,10 +103,10 @@ def check(spec: StudySpec, storage: optuna.storages.BaseStorage, force: bool = F
         storage.set_study_user_attr(study_id, ATTR_FIXED, now)
 
 
-def record(study: optuna.Study, spec: StudySpec) -> None:
+def record(study: optuna.Study, spec: StudySpec, stage: StageSpec) -> None:
     """Store what the stage starts from, unless it is stored already (a resumed stage keeps its own)."""
     if ATTR_FIXED in study.user_attrs:
         return
     study.set_user_attr(ATTR_STUDY_FILE, dict(spec.resolved))
     study.set_user_attr(ATTR_VERSIONS, versions())
-    study.set_user_attr(ATTR_FIXED, fixed_part(spec))  # last: a stage with it has the others
+    study.set_user_attr(ATTR_FIXED, fixed_part(spec, stage))  # last: a stage with it has the others

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+from decimal import Decimal
 import math
 from typing import Any
 
@@ -114,8 +115,11 @@ def _span(param: FloatParam | IntParam, values: Sequence[float], margin: float) 
     low, high = lo - pad, hi + pad
     # At an edge of the written range, the width cut off there goes to the other side.
     low, high = max(floor, low - max(0.0, high - ceiling)), min(ceiling, high + max(0.0, floor - low))
-    # exp(log(v)) may miss v by an ulp: the top values themselves always stay inside.
-    return max(param.low, min(back(low), min(values))), min(param.high, max(back(high), max(values)))
+    # exp(log(v)) may miss v by an ulp: the top values themselves always stay inside, and a range that
+    # reaches a written bound takes that bound exactly (else status shows 1e-06 as 1.0000000000000004e-06).
+    low = param.low if low <= floor else max(param.low, min(back(low), min(values)))
+    high = param.high if high >= ceiling else min(param.high, max(back(high), max(values)))
+    return low, high
 
 
 def _snap(orig_low: float, orig_high: float, step: float, low: float, high: float) -> tuple[float, float]:
@@ -125,7 +129,12 @@ def _snap(orig_low: float, orig_high: float, step: float, low: float, high: floa
     n_max = math.floor((orig_high - orig_low) / step + 1e-9)
     if n_high == n_low:  # zero width: take a neighbouring grid point
         n_high, n_low = (n_high + 1, n_low) if n_high < n_max else (n_high, max(0, n_low - 1))
-    return orig_low + n_low * step, orig_low + min(n_high, n_max) * step
+    return _grid_point(orig_low, step, n_low), _grid_point(orig_low, step, min(n_high, n_max))
+
+
+def _grid_point(low: float, step: float, n: int) -> float:
+    """``low + n * step`` in decimal, as written: 0.3, not 0.30000000000000004, which Optuna would take off the grid."""
+    return float(Decimal(str(low)) + n * Decimal(str(step)))
 
 
 def _int_bounds(param: IntParam, low: float, high: float) -> tuple[int, int]:

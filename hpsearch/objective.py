@@ -24,8 +24,9 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.sql import Executable
 
 from hpsearch.retrying import TrialWrite
-from hpsearch.spec import StudySpec
+from hpsearch.spec import StageSpec, StudySpec
 from hpsearch.train import StopReason, TrainConfig, TrainResult, build_train_config
+from hpsearch.train.cv_metrics import fold_std
 
 # User attributes every finished trial carries besides its metrics.
 ATTR_METRICS = "metrics"
@@ -37,6 +38,8 @@ ATTR_PID = "pid"
 ATTR_LOST = "lost"  # failed through no fault of its own (worker or run gone): run once more
 ATTR_SLOT = "slot"  # the budget slot the trial fills (see hpsearch.coordination)
 ATTR_ATTEMPT = "attempt"  # how many trials of that slot failed before this one
+SUFFIX_FOLDS = "_folds"  # a k-fold trial's metric on each fold, as "val_rmse_folds"
+SUFFIX_STD = "_std"  # and its spread over the folds, as "val_rmse_std"
 
 
 def owner_attrs() -> dict[str, Any]:
@@ -44,11 +47,18 @@ def owner_attrs() -> dict[str, Any]:
     return {ATTR_HOST: socket.gethostname(), ATTR_PID: os.getpid()}
 
 
-def trial_config(spec: StudySpec, params: Mapping[str, Any], number: int) -> TrainConfig:
-    """The training config of trial ``number``: fixed ``train`` knobs, overridden by the sampled ``params``."""
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial ``number``: the study's plus the number, wrapped to 32 bits as NumPy's seeds are."""
+    return (seed + number) % 2**32
+
+
+def trial_config(spec: StudySpec, params: Mapping[str, Any], number: int, stage: StageSpec | None = None) -> TrainConfig:
+    """The training config of trial ``number`` (of ``stage``): fixed ``train`` knobs with the stage's
+    overrides, overridden by the sampled ``params``."""
+    train = spec.train if stage is None else spec.stage_train(stage)
     return build_train_config(
-        spec.model, {**spec.train, **params}, task=spec.task, monitor=spec.metric,
-        maximize=spec.maximize, seed=spec.seed + number,
+        spec.model, {**train, **params}, task=spec.task, monitor=spec.metric,
+        maximize=spec.maximize, seed=trial_seed(spec.seed, number), keep_model=spec.keep != "none",
     )
 
 
@@ -64,7 +74,18 @@ def result_attrs(result: TrainResult) -> dict[str, Any]:
         ATTR_METRICS: sorted(result.best_metrics),
         ATTR_REASON: result.stop_reason.name.lower(),
         ATTR_MESSAGE: result.message,
+        **fold_attrs(result),
     }
+
+
+def fold_attrs(result: TrainResult) -> dict[str, Any]:
+    """A k-fold trial's (``data.cv_folds``) every metric on each fold at the best epoch (``val_rmse_folds``)
+    and their spread (``val_rmse_std``); the metric itself (``val_rmse``) is their mean. None otherwise."""
+    attrs: dict[str, Any] = {}
+    for name in result.best_metrics if result.folds else ():
+        values = [float(fold[name]) for fold in result.folds]
+        attrs[f"{name}{SUFFIX_FOLDS}"], attrs[f"{name}{SUFFIX_STD}"] = values, fold_std(values)
+    return attrs
 
 
 # A running trial's epochs and placement are written at most this often (and always when it ends).

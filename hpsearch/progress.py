@@ -67,6 +67,9 @@ class ProgressListener(RunListener):
             reason = str(trial.user_attrs.get("fail_reason", "")).splitlines()[:1]
             self._note(f"{self._label} trial {trial.number} failed: {reason[0] if reason else 'abandoned'}; its slot runs again")
 
+    def on_note(self, stage: StageSpec, line: str) -> None:
+        self._note(f"stage {stage.name}: {line}")
+
     def on_study_done(self, spec: StudySpec, summary: str) -> None:
         self._note(f"study {spec.name} is done ({summary}); nothing to run. "
                    f"To run more, raise a stage's trials, e.g. --set stages.0.trials=N")
@@ -79,6 +82,11 @@ class ProgressListener(RunListener):
             self._stream.flush()
 
     def on_stage_end(self, stage: StageSpec, study: optuna.Study) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the bar's line for good: what is written next starts on a line of its own, and a bar left
+        open (a run interrupted mid-stage) is not drawn again when it is garbage-collected."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+import copy
 from dataclasses import dataclass
 import json
 from pathlib import Path
@@ -19,13 +20,16 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 import sqlalchemy as sa
 
+from hpsearch import artifacts
+from hpsearch.artifacts import KeptModel
 from hpsearch.coordination import live_runs
 from hpsearch.errors import HpsearchError
-from hpsearch.objective import ATTR_HOST, ATTR_PID
+from hpsearch.objective import ATTR_HOST, ATTR_PID, trial_seed
+from hpsearch.outputs import writing
 from hpsearch.retrying import RetryingStorage
 from hpsearch.space import Space, describe, parse_space
 from hpsearch.spec import StageSpec, StudySpec
-from hpsearch.stages import ATTR_ENDED, ATTR_SPACE
+from hpsearch.stages import ATTR_ENDED, ATTR_PRIOR, ATTR_SPACE
 from hpsearch.storage import GRACE_S
 
 if TYPE_CHECKING:
@@ -45,6 +49,7 @@ class StageStatus:
     best: FrozenTrial | None
     space: Mapping[str, Any] | None = None  # the space the stage searched, as stored (study-file format)
     ended: str | None = None  # why it ended before its budget, if it did
+    prior: Mapping[str, Any] | None = None  # the earlier trials its sampler started from (stages.ATTR_PRIOR)
 
     @property
     def finished(self) -> int:
@@ -72,7 +77,7 @@ def status(spec: StudySpec, storage: RetryingStorage) -> list[StageStatus]:
         ended = attrs.get(ATTR_ENDED)
         rows.append(StageStatus(stage, spec.study_name(stage), True, count_states(storage, study_id),
                                 best_of(storage, study_id), attrs.get(ATTR_SPACE),
-                                ended.get("reason") if isinstance(ended, dict) else None))
+                                ended.get("reason") if isinstance(ended, dict) else None, attrs.get(ATTR_PRIOR)))
     return rows
 
 
@@ -170,10 +175,24 @@ def format_spaces(spec: StudySpec, rows: Sequence[StageStatus]) -> str:
     """Per started stage, its parameters before (as written) and after narrowing; empty if no stage narrowed."""
     lines = []
     for r in rows:
+        if isinstance(r.prior, Mapping):
+            lines.append(f"sampler of {r.stage.name} started from {r.prior.get('trials', 0)} trial(s) of "
+                         f"{r.prior.get('stage')} as history ({r.prior.get('note', '')})")
         changes = space_changes(spec.space, r.space) if r.space is not None else []
         if changes:
             lines.append(f"space of {r.stage.name} (as written -> searched):")
             lines.extend(f"  {c}" for c in changes)
+    return "\n".join(lines)
+
+
+def format_overrides(spec: StudySpec) -> str:
+    """One line per stage that overrides ``train`` knobs: each one, and the study's value it replaces."""
+    lines = []
+    for stage in spec.stages:
+        if stage.train:
+            knobs = ", ".join(f"{k}={_short(v)} (study: {_short(spec.train.get(k, 'default'))})"
+                              for k, v in stage.train.items())
+            lines.append(f"train of {stage.name}: {knobs}")
     return "\n".join(lines)
 
 
@@ -201,6 +220,56 @@ def best_record(spec: StudySpec, storage: RetryingStorage) -> dict[str, Any]:
         "params": trial.params,
         "metrics": {k: trial.user_attrs[k] for k in names if k in trial.user_attrs},
     }
+
+
+# Keys of a study file that choose trials rather than train one: `best --config` leaves them out.
+_SEARCH_KEYS = ("space", "stages", "sampler", "trials", "grid", "max_failures", "timeout", "pruner", "executor")
+
+
+def best_config(spec: StudySpec, storage: RetryingStorage) -> dict[str, Any]:
+    """A study file that trains exactly the best trial again: its parameters and training seed fixed
+    under ``train:``, one stage of one trial, in a study of its own (``<name>-best``)."""
+    stage, trial = overall_best(spec, storage)
+    raw = {k: copy.deepcopy(v) for k, v in spec.resolved.items() if k not in _SEARCH_KEYS}
+    train = dict(spec.stage_train(stage))  # the stage's overrides included
+    seed = train.get("seed", trial_seed(spec.seed, trial.number))  # as objective.trial_config seeds the trial
+    raw["name"] = f"{spec.name}-best"
+    raw["train"] = {**train, **trial.params, "seed": seed}
+    raw["stages"] = [{"name": "best", "sampler": "random", "trials": 1}]
+    raw["executor"] = {"kind": "local", "workers": 1}
+    return {"_comment": f"trains trial {trial.number} of stage {stage.name} of study {spec.name} "
+                        f"({spec.metric} {trial.value:.6g}) again", **raw}
+
+
+def find_model(spec: StudySpec, storage: RetryingStorage, trial: int | None = None,
+               stage: str | None = None) -> KeptModel:
+    """The kept model of trial ``trial`` (of ``stage``, if named), or of the study's best trial."""
+    started = _started(spec, storage)
+    if stage is not None:
+        names = [s.name for s in spec.stages]
+        if stage not in names:
+            raise HpsearchError(f"--stage {stage}: no such stage; the stages are: {', '.join(names)}")
+        started = [(name, study_id) for name, study_id in started if name == stage]
+    kept = artifacts.kept_models(storage, started)
+    if trial is None:
+        best_stage, best = overall_best(spec, storage)
+        if stage is None or stage == best_stage.name:
+            trial, stage = best.number, best_stage.name
+        else:
+            stage_best = best_of(storage, started[0][1]) if started else None
+            if stage_best is None:
+                raise HpsearchError(f"stage {stage} has no complete trial yet")
+            trial = stage_best.number
+    found = [k for k in kept if k.trial == trial and (stage is None or k.stage == stage)]
+    if len(found) > 1:
+        raise HpsearchError(f"trial {trial} has a kept model in stages {', '.join(k.stage for k in found)}; "
+                            "name one with --stage")
+    if not found:
+        where = f"trial {trial}" + (f" of stage {stage}" if stage else "")
+        have = ", ".join(f"{k.stage} #{k.trial}" for k in kept) or "none"
+        raise HpsearchError(f"{where} has no kept model (keep: {spec.keep}; keep: best keeps each stage's best "
+                            f"trial's, keep: all every complete trial's); kept models: {have}")
+    return found[0]
 
 
 def trials_frame(spec: StudySpec, storage: RetryingStorage) -> pd.DataFrame:
@@ -238,7 +307,8 @@ def export(spec: StudySpec, storage: RetryingStorage, out: str | Path) -> int:
     out = Path(out)
     if out.suffix not in EXPORT_SUFFIXES:
         raise HpsearchError(f"--out {out}: unknown file type {out.suffix or '(none)'!r}; use one of: {', '.join(EXPORT_SUFFIXES)}")
-    return exporting.export(storage, _started(spec, storage), out)
+    stages = _started(spec, storage)
+    return writing(out, "--out", lambda: exporting.export(storage, stages, out))
 
 
 def _started(spec: StudySpec, storage: RetryingStorage) -> list[tuple[str, int]]:

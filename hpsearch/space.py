@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 import dataclasses
 from dataclasses import dataclass
+from decimal import Decimal
 import itertools
 import math
 from typing import TYPE_CHECKING, Any
@@ -127,9 +128,20 @@ def _parse_numeric(name: str, kind: str, body: Mapping[str, Any], path: str) -> 
             raise SpecError(f"{path}.step", f"must be > 0, got {step}")
         if log:
             raise SpecError(f"{path}.step", "cannot be combined with log: true (Optuna samples either on a log scale or on a step grid)")
+        _check_step_fits(low, high, step, path)
     if kind == "int":
         return IntParam(name, int(low), int(high), log, int(step or 1))
     return FloatParam(name, float(low), float(high), log, None if step is None else float(step))
+
+
+def _check_step_fits(low: float, high: float, step: float, path: str) -> None:
+    """``high - low`` must be a whole number of steps: Optuna would silently lower ``high`` to the last step."""
+    steps = (high - low) / step
+    if abs(steps - round(steps)) > 1e-9 * max(1.0, steps):  # float noise (a stored, narrowed space) is no gap
+        # In decimal, as written: low 0.1 plus two steps of 0.3 shows as 0.7, not 0.7000000000000001.
+        shown = Decimal(str(low)) + math.floor(steps) * Decimal(str(step))
+        raise SpecError(f"{path}.step", f"{step:g} does not divide high - low = {high - low:g} into whole steps; "
+                                         f"make high {shown:f} (or choose a step that divides the range)")
 
 
 def _resolve_when(param: Param, raw: Any, path: str, categorical: Mapping[str, CategoricalParam]) -> Param:
@@ -190,6 +202,17 @@ def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
     return chosen
 
 
+def distribution(param: Param) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution :func:`suggest` asks ``param`` from."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(param, FloatParam):
+        return FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+    if isinstance(param, IntParam):
+        return IntDistribution(param.low, param.high, log=param.log, step=param.step)
+    return CategoricalDistribution(param.choices)
+
+
 def numeric_params(space: Space) -> tuple[Param, ...]:
     return tuple(p for p in space if not isinstance(p, CategoricalParam))
 
@@ -232,6 +255,11 @@ def _expand(space: Space, points: Mapping[str, int], i: int, chosen: dict[str, A
         chosen[param.name] = value
         yield from _expand(space, points, i + 1, chosen)
     del chosen[param.name]
+
+
+def count_configs(space: Space, points: Mapping[str, int], limit: int) -> int:
+    """How many configurations :func:`grid_configs` makes, counting no further than ``limit``."""
+    return sum(1 for _ in itertools.islice(_expand(space, points, 0, {}), limit))
 
 
 def corner_configs(space: Space, limit: int) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 import json
 import math
@@ -18,35 +19,50 @@ from typing import Any, Literal, cast
 import yaml
 
 from hpsearch import executors, pruners, samplers
-from hpsearch.errors import ConfigError, SpecError, did_you_mean, one_of
+from hpsearch.errors import ConfigError, SpecError, StorageError, did_you_mean, one_of
 from hpsearch.executors.base import ExecutorSpec
 from hpsearch.narrow import top_count
 from hpsearch.pruners import PrunerSpec
 from hpsearch.space import (
     CategoricalParam,
+    FloatParam,
     Space,
     corner_configs,
+    count_configs,
     grid_configs,
     numeric_params,
     parse_space,
     space_to_raw,
 )
-from hpsearch.storage import MAX_NAME_LENGTH, MAX_TEXT_BYTES
+from hpsearch.storage import MAX_NAME_LENGTH, MAX_TEXT_BYTES, check_url
 from hpsearch.train import DataConfig, build_train_config, knob_names, parse_data_config, reported_metrics
+from hpsearch.train.lr_range import RangeSettings, parse_settings
 from hpsearch.train.models import model_kind
-from hpsearch.values import spec_int, spec_keys, spec_number
+from hpsearch.values import key_problem, spec_int, spec_keys, spec_number
 
 TOP_KEYS = (
     "name", "storage", "metric", "direction", "seed", "data", "model", "train", "space",
-    "stages", "sampler", "trials", "grid", "max_failures", "executor", "pruner", "timeout",
+    "stages", "sampler", "trials", "grid", "max_failures", "executor", "pruner", "timeout", "keep", "artifacts",
 )
+KEEP = ("best", "all", "none")  # which complete trials keep their trained model (hpsearch.artifacts)
 STAGE_KEYS = ("name", "sampler", "trials", "grid", "max_failures", "timeout", "pruner", "narrow", "freeze", "warm_start",
-              "history")
+              "history", "startup_trials", "train", "prior_trials", "kind", "repeat")
+REPEAT_KEYS = ("max", "min_improvement")
+MAX_ROUNDS = 100  # repeat.max: rounds beyond the first
+STAGE_KINDS = ("search", "lr_range")  # lr_range: a learning-rate range test that sets later stages' lr range
+LR_RANGE_KEYS = ("name", "kind", "min", "max", "steps", "repeats")
+PRIOR_TRIALS = ("same", "all", "none")  # which earlier trials a modelling sampler starts from
 HISTORY_KEYS = ("recent", "best")
 SHORTHAND_KEYS = ("sampler", "trials", "grid", "max_failures", "timeout")
 NARROW_KEYS = ("top", "margin", "keep_min")
 EXECUTOR_KEYS = ("kind", "workers", "fuse", "address", "gpus_per_trial", "cpus_per_trial", "dashboard")
 MAX_FUSE = 4096  # trials in one pack: beyond this even a large GPU gains nothing more per trial
+# Caps on budgets: far beyond any real search, low enough that a typo (1e30) is caught, not obeyed.
+MAX_TRIALS = 1_000_000  # trials of one stage (and failures, warm starts, history)
+MAX_WORKERS = 1024  # trials running at once
+MAX_TIMEOUT_S = 366 * 24 * 3600  # a year; longer overflows the clocks that wait on it
+MAX_GRID = 1_000_000  # configurations of one grid
+MAX_SEED = 2**32 - 1
 RAY_ONLY_KEYS = ("address", "gpus_per_trial", "cpus_per_trial", "dashboard")
 Direction = Literal["minimize", "maximize"]
 DIRECTIONS: tuple[Direction, ...] = ("minimize", "maximize")
@@ -75,6 +91,18 @@ class NarrowSpec:
 
 
 @dataclass(frozen=True)
+class RepeatSpec:
+    """A stage that narrows again from its own best trials and runs again: up to ``max`` more rounds,
+    while each round improves the best by at least ``min_improvement`` (relative) and the space shrinks."""
+
+    max: int
+    min_improvement: float = 0.01
+
+
+DEFAULT_ROUND_NARROW = NarrowSpec(0.25, 0.1)  # a repeated stage without narrow: its rounds narrow so
+
+
+@dataclass(frozen=True)
 class HistoryLimits:
     """How many past trials of a stage samplers (TPE) and pruners model: the ``recent`` latest finished
     ones and the ``best`` best complete ones. It bounds their cost per trial however large the stage grows."""
@@ -98,6 +126,13 @@ class StageSpec:
     freeze: tuple[str, ...] = ()  # parameters fixed at the previous stage's best value
     warm_start: int = 0  # the previous stage's best N configurations run first
     history: HistoryLimits = HistoryLimits()
+    startup_trials: int | None = None  # model-based samplers: random trials before modelling (None: their default)
+    train: Mapping[str, Any] = field(default_factory=dict)  # this stage's overrides of the study's train knobs
+    prior_trials: str = "same"  # one of PRIOR_TRIALS: the previous stage's trials as the sampler's history
+    repeat: RepeatSpec | None = None  # the stage's rounds (on each of them); None: it runs once
+    round: int = 1  # 1: the stage as written; k > 1: its k-th round, named NAME.k, narrowed from round k-1
+    kind: str = "search"  # one of STAGE_KINDS
+    lr_range: RangeSettings | None = None  # kind lr_range: the test's sweep (hpsearch.lr_range_stage)
 
     @property
     def derived(self) -> bool:
@@ -121,11 +156,17 @@ class StudySpec:
     stages: tuple[StageSpec, ...]
     executor: ExecutorSpec
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    keep: str = "best"  # one of KEEP
+    artifacts: str | None = None  # where kept models go; None: beside a SQLite file, else ./hpsearch-artifacts
     # The study file as read, after --set: what each stage stores (hpsearch.identity).
     resolved: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def stage_pruner(self, stage: StageSpec) -> PrunerSpec:
         return stage.pruner or self.pruner
+
+    def stage_train(self, stage: StageSpec) -> Mapping[str, Any]:
+        """The ``train`` knobs of ``stage``'s trials: the study's, with the stage's overrides."""
+        return {**self.train, **stage.train} if stage.train else self.train
 
     def study_name(self, stage: StageSpec) -> str:
         """The Optuna study name of a stage, e.g. ``car-price/coarse``."""
@@ -141,7 +182,29 @@ class StudySpec:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-5`` (no dot) as a string; read it as the float the user meant."""
+    """YAML 1.1 reads ``1e-5`` (no dot) as a string; read it as the float the user meant.
+
+    A key given twice is refused: YAML keeps the last silently, which hides the first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # <<: *anchor may repeat keys on purpose
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_line:
+                    raise _DuplicateKeyError(f"key {key!r} is given twice, on lines {first_line[key]} and {line}; keep one")
+                first_line[key] = line
+            except TypeError:  # a list or mapping as a key: construct_mapping names it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    pass
 
 
 _Loader.add_implicit_resolver(
@@ -154,6 +217,8 @@ _Loader.add_implicit_resolver(
 def parse_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKeyError as exc:
+        raise SpecError("", f"{source}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -167,6 +232,9 @@ def read_study_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError("", f"study file {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError("", f"study file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                            f"{exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise SpecError("", f"cannot read study file {path}: {exc.strerror}") from None
     raw = parse_yaml(text, str(path))
@@ -211,31 +279,69 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
 
 
 def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
+    bad_key = key_problem(raw)
+    if bad_key:
+        raise SpecError(*bad_key)
     spec_keys(raw, TOP_KEYS, "")
     name = _name(raw.get("name"), "name")
-    seed = spec_int(raw.get("seed", 0), "seed")
-    storage = raw.get("storage")
-    if storage is not None and (not isinstance(storage, str) or not storage.strip()):
-        raise SpecError("storage", "must be a database URL such as sqlite:///runs/study.db")
+    # Trial seeds are seed + n, wrapped to 32 bits (objective.trial_seed): NumPy and user code take no more.
+    seed = spec_int(raw.get("seed", 0), "seed", minimum=0, maximum=MAX_SEED)
+    storage = _storage(raw.get("storage"))
     data = _data(raw.get("data"), seed)
     metric, direction = _objective(raw, data.task)
     model = _mapping(raw.get("model", {"kind": "mlp"}), "model")
     train = _mapping(raw.get("train", {}), "train")
+    _check_set_once(model, train)
     space = parse_space(raw.get("space"))
     _check_space_fits_storage(space)
     _check_space_against_core(space, model, train, data.task, metric, direction, seed)
     stages = _stages(raw, space)
+    written = [stage for stage in stages if stage.round == 1]  # as the file lists them (rounds share their train)
+    for i, stage in enumerate(written):
+        if stage.train:
+            path = f"stages.{i}.train" if "stages" in raw else "train"
+            _check_stage_train(stage, path, space, model, train, data.task, metric, direction, seed)
     _check_study_names_fit_storage(name, stages, "stages" in raw)
     executor = _executor(raw.get("executor", {}))
     pruner = _pruner(raw.get("pruner"), "pruner") or PrunerSpec()
+    keep = raw.get("keep", "best")
+    if not isinstance(keep, str) or keep not in KEEP:
+        raise SpecError("keep", f"must be one of {', '.join(KEEP)}, got {keep!r}")
+    artifacts = raw.get("artifacts")
+    if artifacts is not None and (not isinstance(artifacts, str) or not artifacts.strip()):
+        raise SpecError("artifacts", f"must be a directory path, got {artifacts!r}")
     return StudySpec(name, storage, metric, direction, seed, data, model, train, space, stages, executor, pruner,
-                     resolved=copy.deepcopy(dict(raw)))
+                     keep, artifacts, resolved=copy.deepcopy(dict(raw)))
+
+
+def _storage(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError("storage", "must be a database URL such as sqlite:///runs/study.db")
+    try:
+        check_url(value)
+    except StorageError as exc:  # its message begins "storage ...": it names the field
+        raise SpecError("", str(exc)) from None
+    return value
+
+
+def _check_set_once(model: Mapping[str, Any], train: Mapping[str, Any]) -> None:
+    """A model knob set in model: and in train: would be read from one of them only: refuse it.
+
+    A user model's (``python``) section declares its knobs with their defaults, so there it may be both.
+    """
+    if "python" in model:
+        return
+    for key in train:
+        if key in model and key not in ("kind", "python"):
+            raise SpecError(f"train.{key}", f"is also set in model.{key}; set it in one place")
 
 
 def _name(value: Any, path: str) -> str:
     if value is None:
         raise SpecError(path, "is required, such as name: car-price")
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise SpecError(path, f"must be letters, digits, '.', '_' or '-' (starting with a letter or digit), got {value!r}")
     return value
 
@@ -284,7 +390,7 @@ def _data(raw: Any, seed: int) -> DataConfig:
 def _objective(raw: Mapping[str, Any], task: str) -> tuple[str, Direction]:
     metrics = reported_metrics(task)
     metric = raw.get("metric", "val_rmse" if task == "regression" else "val_loss")
-    if metric not in metrics:
+    if not isinstance(metric, str) or metric not in metrics:  # a list here is a typo, not a key to look up
         raise SpecError(
             "metric",
             f"{metric!r} is not reported by the training core for task {task}"
@@ -315,6 +421,8 @@ def _check_space_against_core(
             )
         if p.name in train:
             raise SpecError(f"space.{p.name}", f"is also fixed in train.{p.name}; set it in one place")
+        if p.name in model and model_kind(model) != "python":  # a user model's section declares its knobs
+            raise SpecError(f"space.{p.name}", f"is also fixed in model.{p.name}; set it in one place")
     passing, failing = [], []
     for config in corner_configs(space, _VALIDATION_CORNERS) or [{}]:
         try:
@@ -327,6 +435,18 @@ def _check_space_against_core(
         config, first = failing[0]
         hint = _when_hint(space, first.key, passing, [c for c, e in failing if e.key == first.key]) if first.key in config else ""
         raise SpecError(knob_path(first.key, config), first.message + hint)
+
+
+def _check_stage_train(stage: StageSpec, path: str, space: Space, model: Mapping[str, Any], train: Mapping[str, Any],
+                       task: str, metric: str, direction: str, seed: int) -> None:
+    """A stage's ``train`` overrides, checked as the study's ``train`` is, merged over it; errors name the stage's key."""
+    try:
+        _check_space_against_core(space, model, {**train, **stage.train}, task, metric, direction, seed)
+    except SpecError as exc:
+        key = exc.path.removeprefix("train.")
+        if key in stage.train or key.split(".")[0] in stage.train:
+            raise SpecError(f"{path}.{key}", exc.message) from None
+        raise
 
 
 def knob_path(key: str, config: Mapping[str, Any]) -> str:
@@ -356,16 +476,19 @@ def _stages(raw: Mapping[str, Any], space: Space) -> tuple[StageSpec, ...]:
         items = raw["stages"]
         if not isinstance(items, list) or not items:
             raise SpecError("stages", "must be a non-empty list such as [{name: coarse, sampler: random, trials: 30}]")
-        stages = [_stage(item, f"stages.{i}", space, default_name=None, first=i == 0) for i, item in enumerate(items)]
+        _check_lr_range_stages(items, space)
+        stages = [r for i, item in enumerate(items)
+                  for r in _rounds(_stage(item, f"stages.{i}", space, default_name=None, first=i == 0))]
     elif "sampler" in raw:
         shorthand = {k: raw[k] for k in SHORTHAND_KEYS if k in raw}
-        stages = [_stage(shorthand, "", space, default_name="main", first=True)]
+        stages = _rounds(_stage(shorthand, "", space, default_name="main", first=True))
     else:
         raise SpecError("stages", "is required (or the shorthand sampler: + trials:), such as stages: [{name: coarse, sampler: random, trials: 30}]")
     names = [s.name for s in stages]
     for i, n in enumerate(names):
         if names.index(n) != i:
-            raise SpecError(f"stages.{i}.name", f"{n!r} is used by stage {names.index(n)} too; stage names must be unique")
+            what = "stage names must be unique (a repeated stage's rounds are named NAME.2, NAME.3, ...)"
+            raise SpecError(f"stages.{i}.name", f"{n!r} is used by stage {names.index(n)} too; {what}")
     return tuple(stages)
 
 
@@ -375,6 +498,8 @@ def _stage(raw: Any, path: str, space: Space, default_name: str | None, first: b
 
     if not isinstance(raw, Mapping):
         raise SpecError(path, "must be a mapping such as {name: coarse, sampler: random, trials: 30}")
+    if raw.get("kind", "search") != "search":
+        return _lr_range_stage(raw, path, default_name)
     spec_keys(raw, STAGE_KEYS, path)
     name = _name(raw.get("name", default_name), at("name"))
     sampler = raw.get("sampler")
@@ -384,26 +509,107 @@ def _stage(raw: Any, path: str, space: Space, default_name: str | None, first: b
         raise SpecError(at("sampler"), f"unknown sampler {sampler!r}{did_you_mean(str(sampler), samplers.names())}; {one_of(samplers.names())}")
     grid = _grid(raw.get("grid"), at("grid"), space, sampler)
     if "trials" in raw:
-        trials = spec_int(raw["trials"], at("trials"), minimum=1)
+        trials = spec_int(raw["trials"], at("trials"), minimum=1, maximum=MAX_TRIALS)
     elif sampler == "grid":
         trials = len(grid_configs(space, grid))
     else:
         raise SpecError(at("trials"), "is required: the number of finished trials this stage runs")
-    max_failures = spec_int(raw.get("max_failures", DEFAULT_MAX_FAILURES), at("max_failures"), minimum=1)
+    max_failures = spec_int(raw.get("max_failures", DEFAULT_MAX_FAILURES), at("max_failures"), minimum=1,
+                            maximum=MAX_TRIALS)
     timeout = None
     if raw.get("timeout") is not None:
         timeout = float(spec_number(raw["timeout"], at("timeout")))
         if timeout <= 0:
             raise SpecError(at("timeout"), f"must be a number of seconds > 0, got {raw['timeout']!r}")
+        if timeout > MAX_TIMEOUT_S:
+            raise SpecError(at("timeout"), f"must be at most {MAX_TIMEOUT_S} seconds (a year), got {raw['timeout']!r}")
     pruner = _pruner(raw.get("pruner"), at("pruner"))
     for key in ("narrow", "freeze", "warm_start"):
         if first and raw.get(key) is not None:
             raise SpecError(at(key), "needs a previous stage to work from; the first stage searches the space as written")
     narrow = _narrow(raw.get("narrow"), at("narrow"))
     freeze = _freeze(raw.get("freeze"), at("freeze"), space)
-    warm_start = spec_int(raw.get("warm_start", 0), at("warm_start"), minimum=0)
+    warm_start = spec_int(raw.get("warm_start", 0), at("warm_start"), minimum=0, maximum=MAX_TRIALS)
     history = _history(raw.get("history"), at("history"))
-    return StageSpec(name, sampler, trials, grid, max_failures, timeout, pruner, narrow, freeze, warm_start, history)
+    startup = None
+    if raw.get("startup_trials") is not None:
+        if sampler not in samplers.MODELLING:
+            raise SpecError(at("startup_trials"), f"applies only to the samplers that model past trials "
+                                                  f"({', '.join(samplers.MODELLING)}), not {sampler}")
+        startup = spec_int(raw["startup_trials"], at("startup_trials"), minimum=0, maximum=MAX_TRIALS)
+    train = _mapping(raw.get("train", {}), at("train"))
+    for key in train:
+        if any(p.name == key for p in space):
+            raise SpecError(f"{at('train')}.{key}", f"is searched in space.{key}; a stage overrides fixed knobs only")
+    prior = raw.get("prior_trials", "same")
+    if prior not in PRIOR_TRIALS:
+        raise SpecError(at("prior_trials"), f"must be one of {', '.join(PRIOR_TRIALS)}, got {prior!r}")
+    if first and "prior_trials" in raw:
+        raise SpecError(at("prior_trials"), "needs a previous stage to take trials from")
+    return StageSpec(name, sampler, trials, grid, max_failures, timeout, pruner, narrow, freeze, warm_start, history,
+                     startup, train, prior, _repeat(raw.get("repeat"), at("repeat")))
+
+
+def _repeat(raw: Any, path: str) -> RepeatSpec | None:
+    if raw is None:
+        return None
+    raw = _mapping(raw, path)
+    spec_keys(raw, REPEAT_KEYS, path)
+    if "max" not in raw:
+        raise SpecError(f"{path}.max", "is required: the most rounds to run after the first, such as 3")
+    rounds = spec_int(raw["max"], f"{path}.max", minimum=1, maximum=MAX_ROUNDS)
+    improvement = float(spec_number(raw.get("min_improvement", 0.01), f"{path}.min_improvement"))
+    if not 0 <= improvement < 1:
+        raise SpecError(f"{path}.min_improvement", f"must be a fraction in [0, 1) such as 0.01, got {raw['min_improvement']!r}")
+    return RepeatSpec(rounds, improvement)
+
+
+def _rounds(stage: StageSpec) -> list[StageSpec]:
+    """``stage`` and, if it repeats, its later rounds (each narrowed from the one before)."""
+    if stage.repeat is None:
+        return [stage]
+    later = [dataclasses.replace(stage, name=f"{stage.name}.{k}", round=k, narrow=stage.narrow or DEFAULT_ROUND_NARROW)
+             for k in range(2, stage.repeat.max + 2)]
+    return [stage, *later]
+
+
+def _lr_range_stage(raw: Mapping[str, Any], path: str, default_name: str | None) -> StageSpec:
+    """A ``kind: lr_range`` stage: a learning-rate range test, no trials of its own."""
+    kind = raw.get("kind")
+    if kind not in STAGE_KINDS:
+        raise SpecError(f"{path}.kind", f"unknown stage kind {kind!r}{did_you_mean(str(kind), STAGE_KINDS)}; {one_of(STAGE_KINDS)}")
+    for key in raw:
+        if key in STAGE_KEYS and key not in LR_RANGE_KEYS:
+            raise SpecError(f"{path}.{key}", f"is not for kind: lr_range, which takes {', '.join(LR_RANGE_KEYS)}")
+    spec_keys(raw, LR_RANGE_KEYS, path)
+    defaults = RangeSettings()
+    try:
+        settings = parse_settings(raw.get("min", defaults.min_lr), raw.get("max", defaults.max_lr),
+                                  raw.get("steps", defaults.steps), raw.get("repeats", defaults.repeats))
+    except ConfigError as exc:
+        raise SpecError(f"{path}.{exc.key}", exc.message) from None
+    return StageSpec(_name(raw.get("name", default_name), f"{path}.name"), "lr_range", 0, kind="lr_range",
+                     lr_range=settings)
+
+
+def _check_lr_range_stages(items: Sequence[Any], space: Space) -> None:
+    """An lr_range stage needs a float ``lr`` in space and a search stage after it, which cannot derive
+    anything from it (it has no trials)."""
+    kinds = [item.get("kind", "search") if isinstance(item, Mapping) else "search" for item in items]
+    for i, kind in enumerate(kinds):
+        if kind != "lr_range":
+            continue
+        if not any(isinstance(p, FloatParam) and p.name == "lr" for p in space):
+            raise SpecError(f"stages.{i}.kind", "lr_range sets the searched lr range of later stages: space needs "
+                                                "lr: {type: float, low: ..., high: ..., log: true}")
+        if "search" not in kinds[i + 1:]:
+            raise SpecError(f"stages.{i}.kind", "lr_range sets the lr range of later stages: add a search stage after it")
+        after = items[i + 1] if i + 1 < len(items) else None
+        if kinds[i + 1] == "search" and isinstance(after, Mapping):
+            for key in ("narrow", "freeze", "warm_start", "prior_trials"):
+                if after.get(key) is not None:
+                    raise SpecError(f"stages.{i + 1}.{key}", f"needs a previous search stage with trials; stage {i} "
+                                                             "is an lr range test: it searches its lr range as given")
 
 
 def _history(raw: Any, path: str) -> HistoryLimits:
@@ -412,8 +618,8 @@ def _history(raw: Any, path: str) -> HistoryLimits:
     raw = _mapping(raw, path)
     spec_keys(raw, HISTORY_KEYS, path)
     default = HistoryLimits()
-    return HistoryLimits(spec_int(raw.get("recent", default.recent), f"{path}.recent", minimum=1),
-                         spec_int(raw.get("best", default.best), f"{path}.best", minimum=1))
+    return HistoryLimits(spec_int(raw.get("recent", default.recent), f"{path}.recent", minimum=1, maximum=MAX_TRIALS),
+                         spec_int(raw.get("best", default.best), f"{path}.best", minimum=1, maximum=MAX_TRIALS))
 
 
 def _narrow(raw: Any, path: str) -> NarrowSpec | None:
@@ -491,10 +697,12 @@ def _grid(raw: Any, path: str, space: Space, sampler: str) -> dict[str, int]:
     for key in raw:
         if key not in numeric:
             raise SpecError(f"{path}.{key}", f"names no numeric parameter of space{did_you_mean(str(key), numeric)}; numeric parameters: {', '.join(sorted(numeric)) or 'none'}")
-    points = {str(k): spec_int(v, f"{path}.{k}", minimum=1) for k, v in raw.items()}
+    points = {str(k): spec_int(v, f"{path}.{k}", minimum=1, maximum=MAX_GRID) for k, v in raw.items()}
     missing = sorted(numeric - set(points))
     if missing:
         raise SpecError(f"{path}.{missing[0]}", f"sampler grid needs a number of points for each numeric parameter, such as grid: {{{missing[0]}: 5}}")
+    if count_configs(space, points, MAX_GRID + 1) > MAX_GRID:
+        raise SpecError(path, f"makes more than {MAX_GRID} configurations, the most one grid runs; use fewer points")
     return points
 
 
@@ -504,7 +712,7 @@ def _executor(raw: Any) -> ExecutorSpec:
     kind = raw.get("kind", "local")
     if kind not in executors.names():
         raise SpecError("executor.kind", f"unknown executor {kind!r}{did_you_mean(str(kind), executors.names())}; {one_of(executors.names())}")
-    workers = spec_int(raw.get("workers", 1), "executor.workers", minimum=1)
+    workers = spec_int(raw.get("workers", 1), "executor.workers", minimum=1, maximum=MAX_WORKERS)
     fuse = spec_int(raw.get("fuse", 1), "executor.fuse", minimum=1)
     if fuse > MAX_FUSE:
         raise SpecError("executor.fuse", f"must be at most {MAX_FUSE} trials in one pack, got {fuse}")

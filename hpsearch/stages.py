@@ -9,13 +9,13 @@ and tells for its own trials; executors only train.
 A stage with ``narrow`` or ``freeze`` searches a space derived from the previous stage's best
 trials. It is derived once, when every trial of the previous stage has finished in every process,
 and stored on the stage's study; every process and every later run reads it back, so a running
-stage never changes its space under the sampler.
+stage never changes its space under the sampler (:mod:`hpsearch.derive`: the space, warm starts,
+the earlier trials a sampler starts from, and whether a round of a repeated stage runs).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,31 +23,47 @@ import json
 import threading
 import time
 from typing import Any
+import warnings
 
 import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
-from optuna.storages._rdb import models
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-import sqlalchemy as sa
 
-from hpsearch import identity, objective, pruners, samplers
+from hpsearch import __version__, identity, lr_range_stage, objective, pruners, samplers
+from hpsearch.artifacts import KeptModels
 from hpsearch.coordination import Claim, Owner, RunRegistry, StageClaims, ensure_tables
+from hpsearch.derive import (  # noqa: F401 - ATTR_* are read from here by results, report and tests too
+    ATTR_DERIVED,
+    ATTR_ENDED,
+    ATTR_PRIOR,
+    ATTR_PRIOR_OF,
+    ATTR_SPACE,
+    ATTR_SPACE_AS_WRITTEN,
+    ATTR_WARM_STARTS,
+    CONVERGED,
+    Ranked,
+    prior_trials,
+    ranked_trials,
+    round_verdict,
+    source_index,
+    stage_space,
+    warm_starts,
+)
 from hpsearch.errors import HpsearchError, SpecError, StageFailedError, StorageUnavailableError
 from hpsearch.executors import Executor, TrialJob, make_executor
 from hpsearch.history import StageHistory
-from hpsearch.narrow import contains, narrow_space
-from hpsearch.space import IntParam, Space, parse_space, space_to_raw, suggest
+from hpsearch.space import (
+    IntParam,
+    space_to_raw,
+    suggest,
+)
 from hpsearch.spec import StageSpec, StudySpec
 from hpsearch.storage import GRACE_S, HEARTBEAT_S, quiet_heartbeat_warnings
 from hpsearch.train import TrainResult
 from hpsearch.train.config import TrainConfig
 
 # Study user attributes of a stage.
-ATTR_SPACE = "space"  # the space the stage searches, in the study file's format
-ATTR_SPACE_AS_WRITTEN = "space_as_written"  # the study file's space when the stage started
-ATTR_DERIVED = "derived_from"  # how the space was derived: previous stage, trials used
-ATTR_WARM_STARTS = "warm_starts"  # [{"params", "of"}]: what the stage's first slots run
-ATTR_ENDED = "ended"  # why a stage ended before its budget ("timeout"), with the budget it had
 ATTR_BUDGET = "budget"  # finished trials the stage runs (a grid may hold fewer than written)
 ATTR_TRIALS = "trials"  # the stage's trials as the study file wrote them when the budget was set
 # Trial user attributes set by the stage runner.
@@ -81,6 +97,9 @@ class RunListener:
 
     def on_study_done(self, spec: StudySpec, summary: str) -> None:
         """Every stage had finished its budget before this run started."""
+
+    def on_note(self, stage: StageSpec, line: str) -> None:
+        """A line about ``stage`` worth showing: an lr range test's result."""
 
 
 @dataclass
@@ -118,6 +137,10 @@ def run_study(spec: StudySpec, storage: optuna.storages.BaseStorage, listener: R
     try:
         with executor or make_executor(spec.executor) as running_on:
             for index, stage in enumerate(spec.stages):
+                if stage.kind == lr_range_stage.KIND:
+                    registry.beat(stage.name)
+                    lr_range_stage.run_range_stage(spec, index, storage, listener, stop)
+                    continue
                 StageRun(spec, stage, index, storage, running_on, listener, stop, registry, owner).run()
     finally:
         registry.end()
@@ -136,6 +159,11 @@ def study_done(spec: StudySpec, storage: optuna.storages.BaseStorage) -> str | N
         if study_id is None:
             return None
         attrs = storage.get_study_user_attrs(study_id)
+        if stage.kind == lr_range_stage.KIND:
+            if lr_range_stage.ATTR_LR_RANGE not in attrs:
+                return None
+            parts.append(f"{stage.name} lr range test done")
+            continue
         if attrs.get(ATTR_TRIALS) != stage.trials or storage.get_n_trials(study_id, TrialState.RUNNING):
             return None
         if attrs.get(ATTR_SPACE_AS_WRITTEN) != written:
@@ -143,7 +171,8 @@ def study_done(spec: StudySpec, storage: optuna.storages.BaseStorage) -> str | N
         finished = storage.get_n_trials(study_id, FINISHED)
         ended = attrs.get(ATTR_ENDED)
         if isinstance(ended, dict) and ended.get("budget") == stage.trials:
-            parts.append(f"{stage.name} {finished}/{attrs.get(ATTR_BUDGET)} (ended by its timeout)")
+            why = "converged" if str(ended.get("reason", "")).startswith(CONVERGED) else "ended by its timeout"
+            parts.append(f"{stage.name} {finished}/{attrs.get(ATTR_BUDGET)} ({why})")
             continue
         if finished < attrs.get(ATTR_BUDGET, stage.trials):
             return None
@@ -162,111 +191,26 @@ def open_stage_study(spec: StudySpec, stage: StageSpec, storage: optuna.storages
     if study.direction.name.lower() != spec.direction:
         raise SpecError("direction", f"study {study.study_name} in this storage was created to {study.direction.name.lower()}; "
                                      f"use another name to {spec.direction}")
+    name_metric(study, spec.metric)
     return study
 
 
-@dataclass(frozen=True)
-class Ranked:
-    """A complete trial as ranking needs it: no attributes, no intermediate values."""
+def name_metric(study: optuna.Study, metric: str) -> None:
+    """Name the study's objective ``metric``, so that optuna-dashboard shows ``val_rmse``, not "Objective 0".
 
-    number: int
-    value: float
-    params: dict[str, Any]
-
-
-def ranked_trials(study: optuna.Study) -> list[Ranked]:
-    """The complete trials of ``study``, best first (ties: earlier first).
-
-    Read in SQL, parameters only: a stage of 100,000 trials ranks in a second or two, not minutes.
+    Also names it on stages created before hpsearch named them, when they are resumed; written only
+    when it changes.
     """
-    storage = study._storage
-    rows = storage.call_with_retries("rank the trials", _ranked_rows, storage.engine, study._study_id)  # type: ignore[attr-defined]
-    sign = -1.0 if study.direction is optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return sorted(rows, key=lambda r: (sign * r.value, r.number))
+    if study.metric_names != [metric]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([metric])
 
 
-def _ranked_rows(engine: sa.Engine, study_id: int) -> list[Ranked]:
-    t, v, p = (m.__table__ for m in (models.TrialModel, models.TrialValueModel, models.TrialParamModel))
-    complete = sa.and_(t.c.study_id == study_id, t.c.state == TrialState.COMPLETE)
-    values = sa.select(t.c.trial_id, t.c.number, v.c.value, v.c.value_type).join(v, v.c.trial_id == t.c.trial_id).where(
-        complete, v.c.objective == 0)
-    params = sa.select(p.c.trial_id, p.c.param_name, p.c.param_value, p.c.distribution_json).join(
-        t, t.c.trial_id == p.c.trial_id).where(complete).order_by(p.c.param_id)
-    with engine.connect() as conn:
-        found: dict[int, tuple[int, float, dict[str, Any]]] = {
-            i: (n, models.TrialValueModel.stored_repr_to_value(x, k), {}) for i, n, x, k in conn.execute(values)}
-        dists: dict[str, optuna.distributions.BaseDistribution] = {}
-        for trial_id, name, value, dist in conn.execute(params):
-            if trial_id in found:
-                d = dists.get(dist) or dists.setdefault(dist, optuna.distributions.json_to_distribution(dist))
-                found[trial_id][2][name] = d.to_external_repr(value)
-    return [Ranked(n, x, ps) for n, x, ps in found.values()]
-
-
-def stage_space(spec: StudySpec, index: int, storage: optuna.storages.BaseStorage, study: optuna.Study) -> Space:
-    """The space stage ``index`` searches: stored on its study, or derived now and stored.
-
-    Runs racing to derive it compute the same space and warm starts (the previous stage is over
-    and ranked deterministically), so whichever writes last writes what the first wrote.
-
-    Raises:
-        SpecError: the study file's space changed since the stage started.
-        StageFailedError: the previous stage has too few complete trials to derive from.
-    """
-    stage = spec.stages[index]
-    written = json.dumps(space_to_raw(spec.space), sort_keys=True)
-    before = study.user_attrs.get(ATTR_SPACE_AS_WRITTEN)
-    if before is not None and before != written:
-        raise SpecError("space", f"changed since stage {stage.name} of study {spec.name} started; "
-                                 "restore it, or give the changed study a new name")
-    stored = study.user_attrs.get(ATTR_SPACE)
-    if stored is not None:
-        return parse_space(stored, f"{ATTR_SPACE} of study {study.study_name}")
-    space = spec.space
-    if stage.derived or stage.warm_start:
-        previous = spec.stages[index - 1]
-        before_study = optuna.load_study(study_name=spec.study_name(previous), storage=storage)
-        ranked = ranked_trials(before_study)
-        needs = stage.narrow.needs() if stage.narrow else 1
-        if len(ranked) < needs:
-            counts = Counter({state: storage.get_n_trials(before_study._study_id, state) for state in TrialState})
-            raise StageFailedError(_too_few(spec, index, counts, needs))
-        if stage.derived:
-            top = stage.narrow.top_count(len(ranked)) if stage.narrow else 1
-            space = narrow_space(spec.space, [t.params for t in ranked], stage.narrow.top if stage.narrow else 1,
-                                 margin=stage.narrow.margin if stage.narrow else None,
-                                 keep_min=stage.narrow.keep_min if stage.narrow else 1, freeze=stage.freeze)
-            study.set_user_attr(ATTR_DERIVED, {"stage": previous.name, "complete": len(ranked), "top": top,
-                                               "trials": [t.number for t in ranked[:top]]})
-        study.set_user_attr(ATTR_WARM_STARTS, warm_starts(previous, ranked, space, min(stage.warm_start, stage.trials)))
-    study.set_user_attr(ATTR_SPACE_AS_WRITTEN, written)
-    study.set_user_attr(ATTR_SPACE, space_to_raw(space))  # set last: the stage's space is now fixed
-    return space
-
-
-def _too_few(spec: StudySpec, index: int, counts: Counter[TrialState], needs: int) -> str:
-    stage, previous = spec.stages[index], spec.stages[index - 1]
-    what = f"narrow.top {stage.narrow.top}" if stage.narrow else "freeze and warm_start"
-    return (f"stage {stage.name} cannot derive its space: stage {previous.name} has {counts[TrialState.COMPLETE]} "
-            f"complete trial(s) ({counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed) and {what} "
-            f"needs at least {needs}; raise stages.{index - 1}.trials or loosen stages.{index}")
-
-
-def warm_starts(previous: StageSpec, ranked: list[Ranked], space: Space, count: int) -> list[dict[str, Any]]:
-    """The previous stage's best ``count`` distinct configurations inside ``space``, best first."""
-    chosen: list[dict[str, Any]] = []
-    for trial in ranked:
-        if len(chosen) >= count:
-            break
-        if contains(space, trial.params) and all(trial.params != c["params"] for c in chosen):
-            chosen.append({"params": dict(trial.params), "of": f"{previous.name}#{trial.number}"})
-    return chosen
-
-
-def max_epochs(spec: StudySpec) -> int:
-    """The most epochs a trial of ``spec`` may train: what hyperband takes as a full trial."""
+def max_epochs(spec: StudySpec, stage: StageSpec) -> int:
+    """The most epochs a trial of ``stage`` may train: what hyperband takes as a full trial."""
     searched = [p.high for p in spec.space if p.name == "epochs" and isinstance(p, IntParam)]
-    return int(max(searched, default=spec.train.get("epochs", TrainConfig.epochs)))
+    return int(max(searched, default=spec.stage_train(stage).get("epochs", TrainConfig.epochs)))
 
 
 class StageRun:
@@ -282,14 +226,25 @@ class StageRun:
                  registry: RunRegistry, owner: Owner) -> None:
         self.spec, self.stage, self.executor, self.listener, self.stop = spec, stage, executor, listener, stop
         self.registry = registry
-        pruner = pruners.make_pruner(spec.stage_pruner(stage), max_epochs(spec))
+        pruner = pruners.make_pruner(spec.stage_pruner(stage), max_epochs(spec, stage))
         self.study = open_stage_study(spec, stage, storage, pruner=pruner)
         self.claims = StageClaims(storage.engine, self.study._study_id, owner, GRACE_S,  # type: ignore[attr-defined]
                                   storage.call_with_retries)  # type: ignore[attr-defined]
         self.claims.adopt()
+        if stage.round > 1 and ATTR_ENDED not in self.study.user_attrs and not storage.get_n_trials(self.study._study_id):
+            verdict = round_verdict(spec, index, storage)  # every run decides alike: the round before is over
+            if verdict is not None:
+                self.study.set_user_attr(ATTR_SPACE_AS_WRITTEN, json.dumps(space_to_raw(spec.space), sort_keys=True))
+                self.study.set_user_attr(ATTR_ENDED, {"reason": verdict, "budget": stage.trials})
         self._ended = self._ended_now()
         self.space = spec.space if self._ended else stage_space(spec, index, storage, self.study)
-        self.plan = samplers.make_plan(stage.sampler, self.space, stage.grid, spec.seed + 1_000_003 * index)
+        self.plan = samplers.make_plan(stage.sampler, self.space, stage.grid, spec.seed + 1_000_003 * index,
+                                       trials=stage.trials, startup_trials=stage.startup_trials)
+        self.prior: list[FrozenTrial] = []
+        if self.plan.reads_history and not self._ended:
+            self.prior, record = prior_trials(spec, index, storage, self.space)
+            if record is not None and self.study.user_attrs.get(ATTR_PRIOR) != record:
+                self.study.set_user_attr(ATTR_PRIOR, record)
         warm = self.study.user_attrs.get(ATTR_WARM_STARTS) or []
         self.warm: list[str] = [w["of"] for w in warm]
         # What slot n runs: warm starts first, then (grid) the grid points not among them.
@@ -298,7 +253,7 @@ class StageRun:
             self.planned += [c for c in self.plan.configs if c not in self.planned]
         self.budget = stage.trials if self.plan.configs is None else min(stage.trials, len(self.planned))
         self.shown = dataclasses.replace(stage, trials=self.budget)  # the stage as progress output shows it
-        identity.record(self.study, spec)
+        identity.record(self.study, spec, stage)
         for key, value in {"hpsearch_stage": stage.name, "stage_index": index, "sampler": stage.sampler,
                            "pruner": spec.stage_pruner(stage).kind, "metric": spec.metric,
                            ATTR_BUDGET: self.budget, ATTR_TRIALS: stage.trials}.items():
@@ -311,6 +266,8 @@ class StageRun:
         # What samplers, pruners and progress see of the stage: bounded, read incrementally.
         self.history = StageHistory(storage, self.study._study_id, self.study.direction, stage.history)
         self.failures = _Failure()
+        self.kept = KeptModels(spec, storage, self.study._study_id,  # type: ignore[arg-type]
+                               self.study.direction is StudyDirection.MAXIMIZE)
         self._may_ask = True
         self._deadline = None if stage.timeout is None else time.monotonic() + stage.timeout
         self._waiting = False
@@ -318,6 +275,7 @@ class StageRun:
     def run(self) -> None:
         storage = self.study._storage
         self.history.load()
+        self.history.set_prior(self.prior)
         storage.show_history(self.study._study_id, self.history)  # type: ignore[attr-defined]
         try:
             self._run()
@@ -326,7 +284,9 @@ class StageRun:
 
     def _run(self) -> None:
         if self._ended:
-            self.listener.on_stage_skipped(self.stage, f"ended by its timeout ({self.stage.timeout:g} s) in an earlier run")
+            reason = str(self.study.user_attrs[ATTR_ENDED].get("reason", ""))
+            self.listener.on_stage_skipped(self.stage, reason if reason.startswith(CONVERGED) else
+                                           f"ended by its timeout ({self.stage.timeout or 0:g} s) in an earlier run")
         self.listener.on_stage_start(self.spec, self.shown, self.study, self.claims.finished(self.budget))
         self.registry.beat(self.stage.name)
         self._reap()
@@ -413,7 +373,7 @@ class StageRun:
         return isinstance(ended, dict) and ended.get("budget") == self.stage.trials
 
     def _reap(self) -> None:
-        failed = fail_abandoned(self.study)
+        failed = fail_abandoned(self.study, mine={r.trial._trial_id for r in self.running.values()})
         if failed:
             self._may_ask = True
             self.listener.on_abandoned(self.shown, failed)
@@ -432,7 +392,7 @@ class StageRun:
                 recorder = self._start(claim)
                 try:
                     params = suggest(recorder.trial, self.space)
-                    config = objective.trial_config(self.spec, params, recorder.number)
+                    config = objective.trial_config(self.spec, params, recorder.number, self.stage)
                 except HpsearchError as exc:
                     self._failed(recorder.number, str(exc), "", recorder)
                     continue
@@ -510,15 +470,21 @@ class StageRun:
     # of a pack often end in the same epoch, and one transaction each would keep the database busy.
     def on_result(self, key: int, result: TrainResult) -> None:
         recorder = self.running.pop(key)
-        self._ending.append(recorder.finishing(result))
+        ending = recorder.finishing(result)
+        best = self.history.best
+        meta = {"study": self.spec.name, "stage": self.stage.name, "trial": recorder.number, "metric": self.spec.metric,
+                "value": ending.value, "params": dict(recorder.trial.params), "hpsearch": __version__}
+        self._ending.append(self.kept.attach(ending, result, None if best is None else best.value, meta))
 
     def on_error(self, key: int, message: str, detail: str, lost: bool = False) -> None:
         recorder = self.running.pop(key)
         self._ending.append(recorder.failing(self._failure(message, detail), lost=lost))
 
     def _end_trials(self) -> None:
-        endings, self._ending = self._ending, []
+        endings = self._ending
         objective.end_all(self.study._storage, endings)
+        self._ending = []  # only once written: if the write failed, the clean-up tries them again
+        self.kept.settle()
         for ending in endings:
             self._trial_ended(ending.recorder)
 
@@ -550,9 +516,12 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
-def fail_abandoned(study: optuna.Study) -> list[FrozenTrial]:
+def fail_abandoned(study: optuna.Study, mine: Container[int] | None = None) -> list[FrozenTrial]:
     """Fail RUNNING trials whose run is gone: its process is dead on this host, or its heartbeat went silent.
 
+    ``mine``: the trial ids this process is running now. Given, a trial owned by this process but not
+    among them is abandoned too (an earlier run in this process ended without it: a notebook's
+    interrupted ``hpsearch.run``); not given, every trial of this process counts as alive.
     They are marked lost, so the runs that claim their slots run them again. Returns the trials it failed.
     """
     storage = study._storage
@@ -562,9 +531,11 @@ def fail_abandoned(study: optuna.Study) -> list[FrozenTrial]:
     failed = []
     for trial in _trials_in(study, TrialState.RUNNING):
         owner = Owner(str(trial.user_attrs.get(objective.ATTR_HOST)), trial.user_attrs.get(objective.ATTR_PID, -1))
-        if owner == me:
+        if owner == me and (mine is None or trial._trial_id in mine):
             continue  # ours, and we are alive
-        if owner.is_alive_here() is False:
+        if owner == me:
+            why = "abandoned: an earlier run in this process ended before it finished"
+        elif owner.is_alive_here() is False:
             why = f"abandoned: its run (pid {owner.pid} on {owner.host}) ended before it finished"
         elif trial._trial_id in stale:
             why = f"abandoned: its run (pid {owner.pid} on {owner.host}) sent no heartbeat for {GRACE_S} s"

@@ -96,20 +96,46 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def database_url(url: str) -> URL:
-    """``url`` parsed, with the driver that will open it: the one it names, or the first one installed.
+def check_url(url: str) -> URL:
+    """``url`` parsed, once what can be told without a driver or a server holds: it is a database URL,
+    its port is a port, and it names a database that outlives the process (not in-memory SQLite).
 
     Raises:
-        StorageError: ``url`` is not a database URL, or its driver is not installed (the message
-            names the extra that installs it).
+        StorageError: naming the storage and what is wrong with it.
     """
+    if url != url.strip() or not url.isprintable():  # a pasted newline would name another file, or host
+        raise StorageError(f"storage {mask_url(url)!r} holds spaces at its ends or a control character such as a newline")
     try:
         parsed = make_url(url)
         backend = parsed.get_backend_name()
+        port = parsed.port
     except (sqlalchemy.exc.ArgumentError, ValueError):
         raise StorageError(
             f"storage {mask_url(url)!r} is not a database URL; use e.g. sqlite:///hpsearch.db or postgresql://user@host/db"
         ) from None
+    if port is not None and not 0 < port < 65536:
+        raise StorageError(f"storage {mask_url(url)}: the port must be 1..65535, got {port}")
+    if backend == "sqlite" and _in_memory(parsed):
+        raise StorageError(f"storage {mask_url(url)} is an in-memory SQLite database: every trial would be lost when "
+                           f"the command ends; name a file, such as sqlite:///runs/study.db")
+    return parsed
+
+
+def _in_memory(parsed: URL) -> bool:
+    database = parsed.database or ""
+    return database in ("", ":memory:") or database.startswith("file::memory:") or "mode=memory" in database \
+        or parsed.query.get("mode") == "memory"
+
+
+def database_url(url: str) -> URL:
+    """``url`` parsed, with the driver that will open it: the one it names, or the first one installed.
+
+    Raises:
+        StorageError: ``url`` is not a database URL (:func:`check_url`), or its driver is not installed
+            (the message names the extra that installs it).
+    """
+    parsed = check_url(url)
+    backend = parsed.get_backend_name()
     explicit = "+" in parsed.drivername
     drivers = (parsed.get_driver_name(),) if explicit or backend not in _DRIVERS else _DRIVERS[backend]
     for driver in drivers:
@@ -120,6 +146,10 @@ def database_url(url: str) -> URL:
             continue
         except sqlalchemy.exc.NoSuchModuleError:
             raise StorageError(f"storage {mask_url(url)} names the unknown database driver {parsed.drivername!r}") from None
+        try:  # the driver's reading of the query, such as ?timeout=abc, before anything is created
+            candidate.get_dialect()().create_connect_args(candidate)
+        except (ValueError, TypeError) as exc:
+            raise StorageError(f"storage {mask_url(url)} has an argument its driver refuses: {exc}") from None
         return candidate if not explicit and backend in _DRIVERS else parsed
     driver = drivers[-1] if backend in ("mysql", "mariadb") and not explicit else drivers[0]
     what = f"the {_DATABASES.get(backend, backend)} driver {driver}"
@@ -147,6 +177,7 @@ def open_storage(url: str, *, create: bool = True) -> RetryingStorage:
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs = {"connect_args": {"timeout": _SQLITE_TIMEOUT_S}}
         if path is not None:
+            _check_sqlite_file(path, masked)
             if not path.exists() and not create:
                 raise StorageError(f"storage {masked} does not exist yet: nothing has run; run hpsearch run STUDY.yaml")
             read_only = path.exists() and not _writable(path)
@@ -160,10 +191,19 @@ def open_storage(url: str, *, create: bool = True) -> RetryingStorage:
 
     def build() -> optuna.storages.RDBStorage:
         with _exclusive(path), quiet_heartbeat_warnings():
-            return optuna.storages.RDBStorage(
-                parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            )
+            try:
+                if not create:
+                    _check_tables(parsed, engine_kwargs, masked)
+                return optuna.storages.RDBStorage(
+                    parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, skip_table_creation=not create,
+                )
+            except sqlalchemy.exc.DatabaseError as exc:
+                # Another kind of file at a SQLite URL: a mistake to fix, not a fault to wait out. (Its
+                # header is not read here: closing a descriptor of it would drop this process's locks.)
+                if path is not None and "not a database" in str(exc):
+                    raise StorageError(f"storage {masked}: {path} is not a SQLite database file") from None
+                raise
 
     budget = retry_budget_s()
 
@@ -184,8 +224,30 @@ def open_storage(url: str, *, create: bool = True) -> RetryingStorage:
         raise AssertionError("unreachable")
     except ImportError as exc:  # database_url checked the driver; this is one of its own imports
         raise StorageError(f"storage {masked} cannot load its database driver: {exc}") from None
+    except (ValueError, TypeError) as exc:  # the driver refused a query argument, such as ?timeout=abc
+        raise StorageError(f"cannot open storage {masked}: {exc}") from None
+    except RuntimeError as exc:  # Optuna: the tables were made by another Optuna version; it migrates nothing
+        raise StorageError(f"cannot open storage {masked}: {first_line(exc)}") from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         raise StorageError(f"cannot open storage {masked}: {first_line(exc)}") from None
+
+
+def _check_sqlite_file(path: Path, masked: str) -> None:
+    """A folder or another kind of file at a SQLite URL is a mistake to fix, not a fault to wait out."""
+    if path.is_dir():
+        raise StorageError(f"storage {masked}: {path} is a folder; name a database file in it, such as {path}/study.db")
+
+
+def _check_tables(url: URL, engine_kwargs: dict[str, Any], masked: str) -> None:
+    """For the commands that only read: Optuna's tables must be there, since opening would create them."""
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        names = set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if not {"studies", "version_info", "alembic_version"} <= names:
+        raise StorageError(f"storage {masked} holds no Optuna tables: nothing has run there yet; "
+                           f"run hpsearch run STUDY.yaml")
 
 
 def _server_connect_args(url: URL) -> dict[str, Any]:
@@ -287,6 +349,8 @@ def _prepare_sqlite(path: Path, masked: str) -> None:
         conn.close()
     except (OSError, sqlite3.Error) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if "not a database" in reason:  # another kind of file: a mistake to fix, not a fault to wait out
+            raise StorageError(f"storage {masked}: {path} is not a SQLite database file") from None
         if isinstance(exc, OSError) or classify(exc) is Fault.PERSISTENT:
             raise StorageUnavailableError(f"storage {masked} cannot be written: {reason}") from None
         raise StorageError(f"cannot open SQLite database {path}: {reason}") from None

@@ -77,8 +77,36 @@ def spec_number(value: Any, path: str, *, integer: bool = False) -> float | int:
         raise SpecError(path, exc.message) from None
 
 
-def spec_int(value: Any, path: str, *, minimum: int | None = None) -> int:
+def spec_int(value: Any, path: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     number = int(spec_number(value, path, integer=True))
     if minimum is not None and number < minimum:
         raise SpecError(path, f"must be >= {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise SpecError(path, f"must be at most {maximum}, got {number:.3g}" if number >= 10**15 else
+                              f"must be at most {maximum}, got {number}")
     return number
+
+
+def key_problem(raw: Any, path: str = "") -> tuple[str, str] | None:
+    """The first mapping key in ``raw`` (nested) that is not a string, as (its path, what is wrong).
+
+    YAML reads ``7:``, ``null:``, ``yes:`` or ``1.5:`` as a number, null or boolean; every key of a
+    study file names a field, a knob or a parameter, all of which are text.
+    """
+    if isinstance(raw, Mapping):
+        for key, value in raw.items():
+            shown = "null" if key is None else str(key).lower() if isinstance(key, bool) else str(key)
+            where = f"{path}.{shown}" if path else shown
+            if not isinstance(key, str):
+                what = ("null" if key is None else "a boolean" if isinstance(key, bool)
+                        else "a number" if isinstance(key, (int, float)) else f"a {type(key).__name__}")
+                return where, f"YAML reads the key {shown} as {what}, not text; quote it (\"{shown}\") or use a name"
+            found = key_problem(value, where)
+            if found:
+                return found
+    elif isinstance(raw, list):
+        for i, item in enumerate(raw):
+            found = key_problem(item, f"{path}.{i}" if path else str(i))
+            if found:
+                return found
+    return None

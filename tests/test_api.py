@@ -80,4 +80,5 @@ def test_the_readme_example_runs(tmp_path: Path) -> None:
                           capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert '"stage":' not in done.stdout and "'stage':" in done.stdout  # best() printed as a dict
+    assert "prediction" in done.stdout  # the best model's predictions, as a frame
     assert (tmp_path / "runs" / "car-price.db").exists()

@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 
 from hpsearch.narrow import contains
 from hpsearch.space import parse_space
-from hpsearch.stages import ATTR_DERIVED, ATTR_SPACE, ATTR_WARM_START
+from hpsearch.spec import load_spec
+from hpsearch.stages import ATTR_DERIVED, ATTR_SPACE, ATTR_WARM_START, max_epochs
 from hpsearch.storage import open_storage
 from tests.helpers import base_study, cli, start_run, write_study
 
@@ -152,3 +153,155 @@ def test_a_changed_space_on_resume_is_refused(workdir: Path) -> None:
     assert err.splitlines()[-1] == ("hpsearch: error: space: changed since stage coarse of study cars started; "
                                     "restore it, or give the changed study a new name")
     assert "Traceback" not in err
+
+
+def test_a_stage_trains_with_its_own_train_overrides(workdir: Path) -> None:
+    """A cheap coarse stage (2 epochs) before a fine one at the study's 6: trials, pruner, status and identity see it."""
+    study = _two_stages({"pruner": {"kind": "hyperband", "min_resource": 1}}, coarse_trials=4)
+    study["stages"][0]["train"] = {"epochs": 2, "patience": None}
+    path = write_study(workdir, study)
+    code, out, err = cli("run", str(path))
+    assert code == 0, err
+    coarse, fine = _study("coarse"), _study("fine")
+    assert {t.user_attrs["epochs_run"] for t in coarse.trials} == {2}
+    assert max(max(t.intermediate_values, default=0) for t in coarse.trials) == 2
+    assert max(t.user_attrs["epochs_run"] for t in fine.trials if t.state is TrialState.COMPLETE) > 2
+    # Each stage's pruner takes its own epochs as a full trial (hyperband's max_resource).
+    spec = load_spec(path)
+    assert [max_epochs(spec, stage) for stage in spec.stages] == [2, 6]
+    code, out, _ = cli("status", str(path))
+    assert code == 0 and "train of coarse: epochs=2 (study: 6), patience=None (study: 3)" in out
+    # The override is part of what the stage trained with: changing it is refused like train.
+    study["stages"][0]["train"] = {"epochs": 3, "patience": None}
+    code, _, err = cli("status", str(write_study(workdir, study)))
+    assert code == 2 and "stage_train.epochs: changed since stage coarse" in err and "(2 → 3)" in err
+
+
+def test_stage_train_overrides_are_checked_and_name_the_stage(workdir: Path) -> None:
+    cases = [
+        ({"epochs": 0}, "stages.0.train.epochs: must be >= 1"),
+        ({"lr": 0.01}, "stages.0.train.lr: is searched in space.lr; a stage overrides fixed knobs only"),
+        ({"epoch": 3}, "stages.0.train.epoch"),
+        ([1, 2], "stages.0.train: must be a mapping"),
+    ]
+    for train, message in cases:
+        study = _two_stages()
+        study["stages"][0]["train"] = train
+        code, _, err = cli("validate", str(write_study(workdir, study)))
+        assert code == 2 and message in err and err.count("\n") == 1, (train, err)
+
+
+def _fine_first_params(workdir: Path, prior: str, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    study = _two_stages({"prior_trials": prior, "warm_start": 0, "startup_trials": 3})
+    study["name"] = name
+    path = write_study(workdir, study, f"{name}.yaml")
+    code, out, err = cli("run", str(path))
+    assert code == 0, err
+    fine = optuna.load_study(study_name=f"{name}/fine", storage=STORAGE)
+    return fine.trials[0].params, fine.user_attrs
+
+
+def test_a_later_stage_samples_from_the_earlier_trials_inside_its_space(workdir: Path) -> None:
+    """TPE starts from the coarse trials inside the narrowed space: its first trial is modelled, not a
+    start-up draw (which is what the same seeds give without them)."""
+    with_prior, attrs = _fine_first_params(workdir, "same", "cars")
+    without, attrs_none = _fine_first_params(workdir, "none", "cars2")
+    coarse = _study("coarse")
+    space = parse_space(_study("fine").user_attrs[ATTR_SPACE])
+    inside = [t for t in coarse.trials if t.state is TrialState.COMPLETE and contains(space, t.params)]
+    assert attrs["prior_trials"] == {"stage": "coarse", "trials": len(inside), "note": "inside this stage's space"}
+    assert len(inside) >= 3 and "prior_trials" not in attrs_none
+    assert with_prior != without
+    # The prior trials are not the stage's: its budget, counts and best are its own.
+    assert _finished("fine") == 4 and all(t.number >= 0 for t in _study("fine").trials)
+    code, out, _ = cli("status", str(workdir / "cars.yaml"))
+    assert code == 0 and f"sampler of fine started from {len(inside)} trial(s) of coarse as history" in out
+
+
+def test_trials_trained_differently_only_narrow(workdir: Path) -> None:
+    from hpsearch.spec import load_spec
+    from hpsearch.stages import prior_trials
+
+    study = _two_stages()
+    study["stages"][0]["train"] = {"epochs": 2}
+    path = write_study(workdir, study)
+    assert cli("run", str(path))[0] == 0
+    assert _study("fine").user_attrs["prior_trials"]["trials"] == 0
+    spec = load_spec(path)
+    storage = open_storage(STORAGE)
+    space = parse_space(_study("fine").user_attrs[ATTR_SPACE])
+    assert prior_trials(spec, 1, storage, space)[0] == []
+    study["stages"][1]["prior_trials"] = "all"
+    trials, record = prior_trials(load_spec(write_study(workdir, study)), 1, storage, space)
+    assert trials and record is not None and record["trials"] == len(trials)
+    assert all(contains(space, t.params) and t.number < 0 and t.user_attrs["prior_of"].startswith("coarse#")
+               for t in trials)
+    assert [t.value for t in trials] == sorted(t.value for t in trials)  # best first
+
+
+def _best(name: str) -> float | None:
+    study = _study(name)
+    complete = [t.value for t in study.trials if t.state is TrialState.COMPLETE]
+    return min(complete) if complete else None
+
+
+def test_a_repeated_stage_runs_rounds_while_they_improve(workdir: Path) -> None:
+    study = _two_stages({"repeat": {"max": 3, "min_improvement": 0.0}, "warm_start": 0, "trials": 3})
+    study["stages"].append({"name": "last", "sampler": "random", "trials": 2, "narrow": {"top": 1}})
+    path = write_study(workdir, study)
+    code, out, err = cli("run", str(path))
+    assert code == 0, err
+    rounds = ["fine", "fine.2", "fine.3", "fine.4"]
+    best_before = _best("coarse")
+    stopped = False
+    for previous, name in zip(rounds, rounds[1:], strict=False):
+        ended = _study(name).user_attrs.get("ended")
+        latest = _best(previous)
+        if stopped:
+            assert ended["reason"].startswith("converged: an earlier round"), ended
+            continue
+        improved = latest is not None and best_before is not None and latest <= best_before
+        if ended is None:  # it ran: the round before improved on everything before it, and it narrowed again
+            assert improved and _finished(name) == 3
+            assert _study(name).user_attrs["derived_from"]["stage"] == previous
+        else:
+            assert ended["reason"].startswith("converged") and _finished(name) == 0
+            assert not improved or "no longer shrinks" in ended["reason"]
+            stopped = True
+            assert f"stage {name}: skipped, converged" in err
+        best_before = min(v for v in (best_before, latest) if v is not None)
+    # The stage after the rounds derives from the last round that ran.
+    ran = [name for name in rounds if "ended" not in _study(name).user_attrs]
+    assert _study("last").user_attrs["derived_from"]["stage"] == ran[-1]
+    # Done: a second run runs nothing and says so.
+    code, out, err = cli("run", str(path))
+    assert code == 0, err
+    if len(ran) < len(rounds):
+        assert f"{rounds[len(ran)]} 0/3 (converged)" in err
+
+
+def test_rounds_stop_when_they_no_longer_improve_enough(workdir: Path) -> None:
+    study = _two_stages({"repeat": {"max": 2, "min_improvement": 0.99}, "warm_start": 0, "trials": 3})
+    path = write_study(workdir, study)
+    code, out, err = cli("run", str(path))
+    assert code == 0, err
+    # fine would have to beat coarse by 99 %: fine.2 never runs, nor fine.3 after it.
+    reason = _study("fine.2").user_attrs["ended"]["reason"]
+    assert reason.startswith("converged: round fine improved the best by") and "less than repeat.min_improvement 99.00%" in reason
+    assert _study("fine.3").user_attrs["ended"]["reason"] == "converged: an earlier round of fine converged"
+    assert _finished("fine.2") == 0 and _finished("fine.3") == 0
+    code, out, _ = cli("status", str(path))
+    assert code == 0 and "fine.2" in out and "fine.3" in out
+
+
+def test_repeat_is_checked(workdir: Path) -> None:
+    for repeat, message in [({"max": 0}, "stages.1.repeat.max: must be >= 1"),
+                            ({"min_improvement": 0.1}, "stages.1.repeat.max: is required"),
+                            ({"max": 2, "min_improvement": 1.5}, "stages.1.repeat.min_improvement: must be a fraction in [0, 1)"),
+                            ({"max": 2, "every": 1}, "stages.1.repeat")]:
+        code, _, err = cli("validate", str(write_study(workdir, _two_stages({"repeat": repeat}))))
+        assert code == 2 and message in err and err.count("\n") == 1, (repeat, err)
+    study = _two_stages({"repeat": {"max": 2}})
+    study["stages"].append({"name": "fine.2", "sampler": "random", "trials": 2})
+    code, _, err = cli("validate", str(write_study(workdir, study)))
+    assert code == 2 and "'fine.2' is used by stage" in err

@@ -174,3 +174,19 @@ def test_executors_do_not_import_the_study_file_parser() -> None:
     # spec imports the executor registry to check executor.kind; the executors need no spec (no import circle).
     code = "import sys, hpsearch.executors, hpsearch.executors.packs; assert 'hpsearch.spec' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_an_error_of_the_handler_is_the_callers_not_a_dead_worker(make) -> None:  # type: ignore[no-untyped-def]
+    """A full disk while the caller records a result must stop the caller, not pass for a worker that died
+    (which would forget the trial: left RUNNING, and waited on for ever)."""
+
+    class DiskFull(Recorder):
+        def on_result(self, key: int, result: TrainResult) -> None:
+            raise OSError(28, "No space left on device")
+
+    handler = DiskFull()
+    executor = make(1)
+    executor.submit(_job(0, epochs=1))
+    with pytest.raises(OSError, match="No space left on device"):
+        _drain(executor, handler)
+    assert not handler.errors and not handler.lost

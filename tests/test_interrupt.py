@@ -15,6 +15,8 @@ from optuna.trial import TrialState
 import pytest
 
 from hpsearch import cli
+from hpsearch.objective import owner_attrs
+from hpsearch.stages import fail_abandoned
 from hpsearch.storage import open_storage, quiet_heartbeat_warnings
 from tests.helpers import base_study, cli_process, process_env, running_trial, start_run, write_study
 
@@ -148,3 +150,20 @@ def test_a_worker_killed_under_its_trial_fails_it_and_the_trial_runs_once_more(w
     retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
     assert len(retries) == 1 and retries[0].params == victim.params
     assert retries[0].state is TrialState.COMPLETE
+
+
+def test_a_trial_an_earlier_run_in_this_process_left_running_is_failed_not_waited_on(workdir: Path) -> None:
+    """hpsearch.run twice in one process (a notebook): the second run must not wait for ever on a trial the
+    first left RUNNING, although this process owns it."""
+    storage = open_storage("sqlite:///runs/left.db")
+    study = optuna.create_study(study_name="left/coarse", storage=storage)
+    left = study.ask()
+    for key, value in owner_attrs().items():
+        left.set_user_attr(key, value)
+    assert fail_abandoned(study) == []  # this process's own, as far as it can tell alone
+    assert fail_abandoned(study, mine={left._trial_id}) == []  # still running here
+    failed = fail_abandoned(study, mine=set())  # the run going on here does not hold it: abandoned
+    assert [t.number for t in failed] == [left.number]
+    after = study.trials[0]
+    assert after.state is TrialState.FAIL and after.user_attrs["lost"] is True
+    assert "an earlier run in this process" in after.user_attrs["fail_reason"]

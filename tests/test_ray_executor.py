@@ -103,6 +103,62 @@ def test_a_killed_worker_fails_its_trial_which_runs_again_and_the_stage_complete
     assert not [t for t in trials.values() if t.state is TrialState.RUNNING]
 
 
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process under ``pid``, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            with contextlib.suppress(OSError):
+                found.append((child, (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+                todo.append(child)
+    return found
+
+
+def test_a_dead_ray_node_ends_the_run_in_one_line_and_no_trial_stays_running(workdir: Path) -> None:
+    # Its raylet killed, as the kernel's OOM killer may. (A killed agent takes the raylet with it too, but
+    # then Ray itself ends this process at once, before hpsearch can see why: not covered yet.)
+    victim = "raylet"
+    path = write_study(workdir, _slow_study(trials=4))
+    process = start_run(path, workdir)
+    running_trial(process)
+    killed = [pid for pid, command in _descendants(process.pid) if victim in command.split(" ", 1)[0]]
+    assert killed, f"no {victim} process under the run"
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    _, err = process.communicate(timeout=180)
+    ours = [line for line in err.splitlines() if line.startswith("hpsearch: error:")]
+    assert process.returncode == 1, err
+    assert len(ours) == 1 and "the local Ray node died" in ours[0] and "Traceback" not in err, err
+    trials = _trials()
+    assert trials and not [t for t in trials if t.state is TrialState.RUNNING]
+
+
+def test_a_killed_ray_agent_ends_the_run_in_one_line_and_no_trial_stays_running(workdir: Path) -> None:
+    """Ray ends its driver from C++ when an agent dies with the raylet: the guard process of hpsearch run
+    (hpsearch.guard) fails the trials its child left running and says so."""
+    path = write_study(workdir, _slow_study(trials=4))
+    process = start_run(path, workdir)
+    running_trial(process)
+    # Ray names its agents' processes ray::DashboardAgent and ray::RuntimeEnvAgent.
+    agents = [pid for pid, command in _descendants(process.pid) if command.startswith("ray::") and "Agent" in command]
+    assert agents, [c for _, c in _descendants(process.pid)]
+    for pid in agents:
+        os.kill(pid, signal.SIGKILL)
+    _, err = process.communicate(timeout=180)
+    ours = [line for line in err.splitlines() if line.startswith("hpsearch: error:")]
+    assert process.returncode == 1, err
+    assert len(ours) == 1 and "Traceback" not in err, err
+    assert "trial(s) running, now failed as lost" in ours[0] or "the local Ray node died" in ours[0], err
+    trials = _trials()
+    assert trials and not [t for t in trials if t.state is TrialState.RUNNING]
+    assert all(t.user_attrs.get("lost") for t in trials if t.state is TrialState.FAIL)
+
+
 def test_sigterm_stops_a_ray_run_cleanly_and_a_killed_run_resumes(workdir: Path) -> None:
     path = write_study(workdir, _slow_study(trials=3))
     process = start_run(path, workdir)

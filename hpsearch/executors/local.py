@@ -98,14 +98,18 @@ class LocalExecutor(Executor):
         self._dispatch()
 
     def _serve(self, worker: _Worker, handler: TrialHandler) -> None:
+        # Only the pipe's own errors mean the worker died: an OSError of the handler's (a full disk
+        # while it writes) is the run's, and must not pass for a dead worker that took its trials along.
         try:
             # Drain everything this worker has said; a report must be answered before it goes on.
-            while worker.jobs and (worker.conn.poll() or not worker.process.is_alive()):
-                kind, key, *body = worker.conn.recv()
+            while worker.jobs and (_pipe(worker.conn.poll) or not worker.process.is_alive()):
+                kind, key, *body = _pipe(worker.conn.recv)
                 if kind == "report":
-                    worker.conn.send(handler.on_report(key, *body))
+                    answer = handler.on_report(key, *body)
+                    _pipe(worker.conn.send, answer)
                 elif kind == "reports":  # a pack's epoch: every member's report, one answer each
-                    worker.conn.send([handler.on_report(*report) for report in body[0]])
+                    answers = [handler.on_report(*report) for report in body[0]]
+                    _pipe(worker.conn.send, answers)
                 elif kind == "start":
                     worker.started, self._deaths_before_start = True, 0
                     handler.on_start(key, body[0])
@@ -116,7 +120,7 @@ class LocalExecutor(Executor):
                     for failed in [key] if key is not None else list(worker.jobs):
                         worker.jobs.pop(failed)
                         handler.on_error(failed, body[0], body[1])
-        except (EOFError, OSError):
+        except _WorkerGone:
             lost = list(worker.jobs)
             if not worker.started and self._deaths_before_start < _RETRY_UNSTARTED:
                 # It died idle, before its new trials began (killed): another worker takes them.
@@ -165,6 +169,18 @@ class _ParentGone(Exception):
     pass
 
 
+class _WorkerGone(Exception):
+    """The pipe to a worker broke: it died."""
+
+
+def _pipe(call: Any, *args: Any) -> Any:
+    """``call(*args)`` on a worker's pipe; its end (EOF, a broken pipe) as :class:`_WorkerGone`."""
+    try:
+        return call(*args)
+    except (EOFError, OSError):
+        raise _WorkerGone from None
+
+
 class _PipeEvents:
     """The worker's side of its trials' reports: send the metrics, wait for go on / stop; send results."""
 
@@ -198,7 +214,7 @@ def _worker_main(conn: Connection, threads: int) -> None:
     import torch
 
     from hpsearch.executors.packs import train_jobs
-    from hpsearch.train import load_dataset
+    from hpsearch.train.data import load_data
 
     torch.set_num_threads(threads)
     datasets: dict[Any, Any] = {}
@@ -218,7 +234,7 @@ def _worker_main(conn: Connection, threads: int) -> None:
             data = jobs[0].data
             if data not in datasets:
                 datasets.clear()  # one study, one dataset: keep memory flat
-                datasets[data] = load_dataset(data)
+                datasets[data] = load_data(data)  # a Dataset, or k-fold Folds
             train_jobs(jobs, datasets[data], events)
             continue
         except _ParentGone:

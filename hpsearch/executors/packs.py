@@ -15,7 +15,8 @@ import logging
 from typing import Any, Protocol
 
 from hpsearch.executors.base import TrialJob
-from hpsearch.train import Dataset, TrainResult, train
+from hpsearch.train import Dataset, TrainResult, train, train_folds
+from hpsearch.train.data.folds import Folds
 from hpsearch.train.fused import fusion_key, train_pack, unfused_reason
 
 _logger = logging.getLogger(__name__)
@@ -88,15 +89,20 @@ class PackQueue:
         return pack
 
 
-def train_jobs(jobs: Sequence[TrialJob], data: Dataset, events: PackEvents) -> None:
+def train_jobs(jobs: Sequence[TrialJob], data: Dataset | Folds, events: PackEvents) -> None:
     """Train ``jobs``: one alone, or a pack of one fusion key, telling ``events`` as each member goes.
+
+    With k-fold ``data`` a trial alone trains its folds in lockstep (:func:`train_folds`), and a pack
+    of N trials is N x k stacked networks.
 
     A pack that runs out of GPU memory before any member reported is split in two and each half
     trained in turn, so its trials are not failed for it.
     """
     if len(jobs) == 1:
-        key = jobs[0].key
-        events.result(key, train(jobs[0].config, data, _Reporter(events, key)))
+        key, config = jobs[0].key, jobs[0].config
+        reporter = _Reporter(events, key)
+        events.result(key, train_folds(config, data.datasets, reporter) if isinstance(data, Folds)
+                      else train(config, data, reporter))
         return
     reported = [False]
     keys = [job.key for job in jobs]

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import ray
 
@@ -43,7 +44,38 @@ class RaySession:
         """Stop the embedded Ray (or leave the cluster, which keeps running); idempotent."""
         if self.owned:
             self.owned = False
+            if self.node_lost() is not None:
+                _end_lost_node()
             ray.shutdown()
+
+    def node_lost(self) -> str | None:
+        """Why the embedded Ray node is gone (its raylet exited: killed, or out of memory), else None.
+
+        Asked of the raylet process itself: Ray's own verdict comes only when this process next touches
+        the node's object store, and then Ray ends this process at once (exit 1), with no word of why.
+        """
+        if not (self.owned and self.embedded):
+            return None
+        for info in _node_processes().get("raylet", []):
+            code = info.process.poll()
+            if code is not None:
+                how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                return f"its raylet {how}"
+        return None
+
+
+def _node_processes() -> dict[str, Any]:
+    """The embedded node's processes by type, as Ray keeps them (a private attribute: empty if it moved)."""
+    node = getattr(ray._private.worker, "_global_node", None)  # noqa: SLF001 - no public way to the raylet's pid
+    return dict(getattr(node, "all_processes", None) or {})
+
+
+def _end_lost_node() -> None:
+    """Stop what is left of a node whose raylet died (GCS, agents, workers), without asking it anything."""
+    node: Any = getattr(ray._private.worker, "_global_node", None)  # noqa: SLF001
+    if node is not None:
+        with contextlib.suppress(Exception):
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
 
 
 def connect(spec: ExecutorSpec) -> RaySession:

@@ -26,17 +26,21 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError
 
-from hpsearch.errors import ExecutorError
+from hpsearch.errors import ExecutorError, RunAbortedError
 from hpsearch.executors.base import Executor, ExecutorSpec, TrialHandler, TrialJob
 from hpsearch.executors.packs import PackQueue
 from hpsearch.executors.ray_cluster import RaySession, connect, describe, worker_room
 from hpsearch.executors.ray_worker import TrialWorker
-from hpsearch.train import DataConfig, load_dataset
+from hpsearch.train import DataConfig
+from hpsearch.train.data import load_data
 
 _log = logging.getLogger(__name__)
 # Trials waiting while no worker is up (all died, none can be placed again) for this long end the run.
 _NO_WORKER_S = 300.0
 _RETRY_UNSTARTED = 3  # workers in a row that die before their trials begin: then the trials fail as lost
+# After a worker dies, how long the embedded node is watched: a raylet whose agent died exits a moment
+# after its workers.
+_NODE_GRACE_S = 3.0
 
 
 @dataclass
@@ -115,11 +119,12 @@ class RayExecutor(Executor):
         """The object reference of ``data``, loaded here and put in the object store once."""
         if data not in self._data:
             self._data.clear()  # one study, one dataset
-            self._data[data] = ray.put(load_dataset(data))
+            self._data[data] = ray.put(load_data(data))  # a Dataset, or k-fold Folds
         return self._data[data]
 
     def poll(self, handler: TrialHandler, timeout: float) -> None:
         # Answer reports as they come until a trial ends (the caller then starts the next) or time is up.
+        self._check_node()
         self._dispatch()
         deadline = time.monotonic() + timeout
         while True:
@@ -160,6 +165,7 @@ class RayExecutor(Executor):
         try:
             event = ray.get(ref)
         except RayActorError as exc:
+            self._check_node(_NODE_GRACE_S)  # its node may be dying with it: replacing it would end this process
             where = f"worker_pid {worker.placement.get('worker_pid')} on node {str(worker.placement.get('node_id'))[:12]}"
             lost = list(worker.jobs)
             if not worker.started and self._deaths_before_start < _RETRY_UNSTARTED:
@@ -207,6 +213,18 @@ class RayExecutor(Executor):
             else:
                 handler.on_error(key, "internal: the Ray worker ended its trials without a result for this one", "")
         return True
+
+    def _check_node(self, grace_s: float = 0.0) -> None:
+        """End the run in one line when the embedded node died (watched for ``grace_s``): the caller then
+        fails its trials as lost. Ray would end this process at its next use of the dead node's object store."""
+        why = self._session.node_lost()
+        deadline = time.monotonic() + grace_s
+        while why is None and time.monotonic() < deadline and self._session.embedded:
+            time.sleep(0.1)
+            why = self._session.node_lost()
+        if why is not None:
+            raise RunAbortedError(f"executor: the local Ray node died ({why}: killed, or the machine ran out of "
+                                f"memory); its trials are failed as lost: run the same command again to resume")
 
     def _replace(self, worker: _Worker) -> None:
         try:

@@ -13,7 +13,8 @@ Where things live:
   stacked MLP that fused packs train;
 - ``optim/``: optimizers, lr schedules, batch-size lr scaling, parameter groups, penalties, and the
   stacked optimizers of fused packs;
-- ``loop`` (:func:`train`, :func:`fit`), ``fused/`` (which trials fuse, and training a pack),
+- ``loop`` (:func:`train`, :func:`fit`), ``cv`` (:func:`train_folds`: k-fold cross-validation),
+  ``fused/`` (which trials fuse, and training a pack),
   ``metrics`` and ``result`` (what a run reports).
 """
 
@@ -33,6 +34,8 @@ from hpsearch.train.optim.schedules import ScheduleConfig, ScheduleSpec, schedul
 from hpsearch.train.result import Reporter, StopReason, TrainResult
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
 
 
@@ -41,6 +44,13 @@ def train(config: TrainConfig, data: Dataset, reporter: Reporter | None = None) 
     from hpsearch.train.loop import train as _train
 
     return _train(config, data, reporter)
+
+
+def train_folds(config: TrainConfig, folds: Sequence[Dataset], reporter: Reporter | None = None) -> TrainResult:
+    """k-fold cross-validation: train ``config`` on each of ``folds`` in lockstep, reporting the mean curve."""
+    from hpsearch.train.cv import train_folds as _train_folds
+
+    return _train_folds(config, folds, reporter)
 
 
 def fit(
@@ -82,4 +92,5 @@ __all__ = [
     "reported_metrics",
     "schedules",
     "train",
+    "train_folds",
 ]

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from hpsearch.errors import ConfigError, did_you_mean, one_of
+from hpsearch.train.divergence import DEFAULT_FACTOR
 from hpsearch.train.knobs import OPTIMIZER_KNOBS, SCHEDULE_KNOBS, TRAIN_KNOBS, Knob
 from hpsearch.train.metrics import TASKS, reported_metrics
 from hpsearch.train.models import model_kind, models
@@ -47,6 +48,8 @@ class TrainConfig:
     lr_multipliers: tuple[tuple[str, float], ...] = ()
     l1: float = 0.0
     grad_clip: float | None = None
+    diverge_factor: float | None = DEFAULT_FACTOR  # see hpsearch.train.divergence; None: nan/inf only
+    keep_model: bool = False  # return the best epoch's network with the result (TrainResult.model)
 
     @property
     def full_batch(self) -> bool:
@@ -86,6 +89,7 @@ def build_train_config(
     monitor: str,
     maximize: bool,
     seed: int,
+    keep_model: bool = False,
 ) -> TrainConfig:
     """Validate the ``model:`` section and the knobs (``train:`` merged with a trial's parameters).
 
@@ -112,7 +116,7 @@ def build_train_config(
         task=task,
         monitor=monitor,
         maximize=bool(maximize),
-        seed=as_int("seed", seed),
+        seed=as_int("seed", seed) if v["seed"] is None else v["seed"],
         epochs=v["epochs"],
         batch_size=v["batch_size"],
         patience=v["patience"],
@@ -124,6 +128,8 @@ def build_train_config(
         lr_multipliers=_lr_multipliers(v, knobs),
         l1=v["l1"],
         grad_clip=v["grad_clip"],
+        diverge_factor=v["diverge_factor"],
+        keep_model=keep_model,
     )
 
 

@@ -37,6 +37,9 @@ def load_callable(key: str, path: str) -> Callable[..., Any]:
         raise ConfigError(key, f"cannot import module {module_name!r} ({exc})") from None
     except Exception as exc:  # a user module may fail in any way while it runs
         raise ConfigError(key, f"cannot import module {module_name!r} ({type(exc).__name__}: {exc})") from None
+    except SystemExit as exc:  # it would end hpsearch, with its status (0 too) and no word of why
+        raise ConfigError(key, f"importing module {module_name!r} called sys.exit({exc.code!r}); "
+                               f"a module hpsearch imports must not exit") from None
     function = getattr(module, attr, None)
     if function is None:
         raise ConfigError(key, f"module {module_name!r} has no attribute {attr!r}")

@@ -16,7 +16,8 @@ multiply by gamma every step_size epochs), ``decay`` (the rate k of exponential 
 
 Other knobs: ``lr_scaling`` (:mod:`hpsearch.train.optim.scaling`), ``lr_multipliers``/``head_lr_ratio``
 (:mod:`hpsearch.train.optim.groups`), ``weight_decay``/``l1``/``grad_clip``
-(:mod:`hpsearch.train.optim.regularize`), ``precision`` (``bf16`` autocast or ``fp32``).
+(:mod:`hpsearch.train.optim.regularize`), ``precision`` (``bf16`` autocast or ``fp32``), ``diverge_factor``
+(:mod:`hpsearch.train.divergence`).
 Parsers raise ConfigError keyed by the knob. Importing this module does not import torch.
 """
 
@@ -28,6 +29,7 @@ import re
 from typing import Any
 
 from hpsearch.errors import ConfigError
+from hpsearch.train.divergence import DEFAULT_FACTOR
 from hpsearch.train.optim import optimizers
 from hpsearch.train.optim.scaling import RULES, LrScaling
 from hpsearch.train.optim.schedules import schedules
@@ -98,6 +100,20 @@ def _at_least_one(key: str, value: Any) -> float:
     return number
 
 
+def _over_one(key: str, value: Any) -> float:
+    number = as_float(key, value)
+    if not number > 1.0:
+        raise ConfigError(key, f"must be > 1 (a multiple of the first epoch's metric), or null to turn it off, got {value!r}")
+    return number
+
+
+def _seed(key: str, value: Any) -> int:
+    number = as_int(key, value)
+    if not 0 <= number < 2**32:
+        raise ConfigError(key, f"must be in [0, 2**32), got {value!r}")
+    return number
+
+
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -158,6 +174,11 @@ TRAIN_KNOBS: Mapping[str, Knob] = _table(
     Knob("weight_decay", 0.0, non_negative_float),
     Knob("l1", 0.0, non_negative_float),
     Knob("grad_clip", None, _optional(positive_float)),
+    # A monitored metric this many times worse than at epoch 1 has diverged (hpsearch.train.divergence).
+    Knob("diverge_factor", DEFAULT_FACTOR, _optional(_over_one)),
+    # The training seed (initialization, batch order, dropout) of every trial; by default the study's
+    # seed + the trial's number. Fixing it retrains one trial exactly (`hpsearch best --config`).
+    Knob("seed", None, _optional(_seed)),
 )
 
 # Knobs only some optimizers take (OptimizerSpec.knobs); an OptimizerSpec may override the default.

@@ -1,6 +1,6 @@
 """The epoch loop: minibatch (or full-batch) training on device-resident tensors under an lr
 schedule, validation metrics, reporter calls, early stopping with restore of the best weights, and
-divergence detection."""
+divergence detection (nan or inf, or a monitored metric that ran away: :mod:`hpsearch.train.divergence`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from hpsearch.errors import ConfigError
+from hpsearch.train.checkpoint import TrainedModel
 from hpsearch.train.config import TrainConfig
 from hpsearch.train.data import Dataset
+from hpsearch.train.divergence import RunawayWatch
 from hpsearch.train.metrics import validation_metrics
 from hpsearch.train.models import build_model_for
 from hpsearch.train.optim import build_optimizer
@@ -44,7 +46,10 @@ def train(config: TrainConfig, data: Dataset, reporter: Reporter | None = None) 
     # Fork the RNGs so a trial is reproducible from its seed and leaves the caller's RNG state untouched.
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(config.seed)
+        if cuda_devices:
+            torch.manual_seed(config.seed)
+        else:  # torch.manual_seed would also queue a seeding of absent accelerators, with a traceback each
+            torch.random.default_generator.manual_seed(config.seed)
         model = build_model_for(config.model, data)
         return fit(config, data, model, reporter, device=device)
 
@@ -60,37 +65,22 @@ def fit(
     """Train ``model`` in place; at the end it holds the weights of the best epoch (if there was one)."""
     start = time.perf_counter()
     device = device or resolve_device(config.device)
-    check_precision(config.precision, device)
-    model.to(device)
-    optimizer = build_optimizer(param_groups(model, config), config.optimizer)
-    step = _Step(config, data, model, optimizer, device)
-    x_val = data.x_val.to(device)
-    generator = torch.Generator().manual_seed(config.seed)
-    tracker = _BestTracker(config)
+    trainer = EpochTrainer(config, data, model, device)
+    tracker = BestTracker(config)
+    watch = RunawayWatch(config.monitor, config.diverge_factor)
     epoch, reason, message = 0, StopReason.COMPLETED, f"completed {config.epochs} epochs"
 
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        train_loss, where = step.epoch(epoch - 1, generator)
-        if not math.isfinite(train_loss):
-            reason, message = StopReason.DIVERGED, f"train loss became {train_loss} at epoch {epoch}{where}"
-            break
-        metrics = {"train_loss": train_loss, **evaluate(model, x_val, data, config.precision)}
-        value = metrics[config.monitor]
-        if not math.isfinite(value):
-            reason, message = StopReason.DIVERGED, f"{config.monitor} became {value} at epoch {epoch}"
+        metrics = trainer.epoch(epoch)
+        diverged = metrics if isinstance(metrics, str) else check_metric(watch, epoch, metrics[config.monitor])
+        if diverged is not None or isinstance(metrics, str):
+            reason, message = StopReason.DIVERGED, str(diverged)
             break
         pruned = reporter.report(epoch, metrics) if reporter is not None else False
         tracker.update(epoch, metrics, model)
-        if pruned:
-            reason, message = StopReason.PRUNED, f"pruned by the reporter at epoch {epoch}"
-            break
-        if config.patience is not None and tracker.stale_epochs >= config.patience:
-            reason = StopReason.EARLY_STOPPED
-            message = (
-                f"{config.monitor} did not improve for {config.patience} epochs; "
-                f"best was epoch {tracker.epoch}"
-            )
+        stop = after_report(config, tracker, pruned, epoch)
+        if stop is not None:
+            reason, message = stop
             break
 
     tracker.restore(model)
@@ -102,9 +92,45 @@ def fit(
         stop_reason=reason,
         message=message,
         duration_s=duration,
-        device=str(device) if device.type == "cpu" else f"cuda:{device.index or 0}",
-        samples_per_s=step.samples / duration if duration > 0 else 0.0,
+        device=device_name(device),
+        samples_per_s=trainer.step.samples / duration if duration > 0 else 0.0,
+        model=TrainedModel.of(config.model, data, model) if config.keep_model and tracker.epoch is not None else None,
     )
+
+
+class EpochTrainer:
+    """One network's training, an epoch at a time: the part of :func:`fit` before its report.
+
+    k-fold cross-validation (:mod:`hpsearch.train.cv`) runs one for each fold, in lockstep.
+    """
+
+    def __init__(self, config: TrainConfig, data: Dataset, model: torch.nn.Module, device: torch.device) -> None:
+        check_precision(config.precision, device)
+        model.to(device)
+        self.config, self.data, self.model = config, data, model
+        optimizer = build_optimizer(param_groups(model, config), config.optimizer)
+        self.step = _Step(config, data, model, optimizer, device)
+        self.x_val = data.x_val.to(device)
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def epoch(self, epoch: int) -> dict[str, float] | str:
+        """Train epoch ``epoch`` (1-based); its metrics, or why its training loss diverged."""
+        self.model.train()
+        train_loss, where = self.step.epoch(epoch - 1, self.generator)
+        if not math.isfinite(train_loss):
+            return f"train loss became {train_loss} at epoch {epoch}{where}"
+        return {"train_loss": train_loss, **evaluate(self.model, self.x_val, self.data, self.config.precision)}
+
+
+def check_metric(watch: RunawayWatch, epoch: int, value: float) -> str | None:
+    """Why the monitored ``value`` of ``epoch`` means training diverged (nan, inf, ran away), or None."""
+    if not math.isfinite(value):
+        return f"{watch.monitor} became {value} at epoch {epoch}"
+    return watch.check(epoch, value)  # a runaway epoch is not reported: it would flatten every other curve
+
+
+def device_name(device: torch.device) -> str:
+    return str(device) if device.type == "cpu" else f"cuda:{device.index or 0}"
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -226,13 +252,14 @@ def _loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return lambda out, target: F.mse_loss(out.squeeze(-1), target)
 
 
-class _BestTracker:
+class BestTracker:
     """Remembers the best epoch's metrics and weights (copies kept on the model's device)."""
 
     def __init__(self, config: TrainConfig) -> None:
         self._monitor = config.monitor
         self._maximize = config.maximize
         self._min_delta = config.min_delta
+        self._patience = config.patience
         self.epoch: int | None = None
         self.metrics: dict[str, float] = {}
         self.stale_epochs = 0
@@ -246,9 +273,23 @@ class _BestTracker:
         else:
             self.stale_epochs += 1
 
+    def stopped_message(self) -> str:
+        """Why training stopped early: ``patience`` epochs without improvement."""
+        return (f"{self._monitor} did not improve for {self._patience} epochs; "
+                f"best was epoch {self.epoch}")
+
     def _improves(self, value: float, best: float) -> bool:
         return value > best + self._min_delta if self._maximize else value < best - self._min_delta
 
     def restore(self, model: torch.nn.Module) -> None:
         if self._state is not None:
             model.load_state_dict(self._state)
+
+
+def after_report(config: TrainConfig, tracker: BestTracker, pruned: bool, epoch: int) -> tuple[StopReason, str] | None:
+    """The end of an epoch after its report: why training stops now (pruned, early-stopped), or None."""
+    if pruned:
+        return StopReason.PRUNED, f"pruned by the reporter at epoch {epoch}"
+    if config.patience is not None and tracker.stale_epochs >= config.patience:
+        return StopReason.EARLY_STOPPED, tracker.stopped_message()
+    return None

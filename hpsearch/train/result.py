@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 import enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from hpsearch.train.checkpoint import TrainedModel
 
 
 class Reporter(Protocol):
@@ -19,7 +22,7 @@ class Reporter(Protocol):
 class StopReason(enum.Enum):
     COMPLETED = "completed"  # ran every epoch
     EARLY_STOPPED = "early_stopped"  # the monitored metric stopped improving for `patience` epochs
-    DIVERGED = "diverged"  # the loss or the monitored metric became nan or inf
+    DIVERGED = "diverged"  # the loss or the monitored metric became nan or inf, or the metric ran away (diverge_factor)
     PRUNED = "pruned"  # the reporter asked to stop
 
 
@@ -33,3 +36,6 @@ class TrainResult:
     duration_s: float = 0.0
     device: str = "cpu"
     samples_per_s: float = 0.0
+    model: TrainedModel | None = None  # the best epoch's network, when the config asks to keep it
+    # k-fold (data.cv_folds): each fold's metrics at the best epoch; best_metrics are then their means
+    folds: tuple[Mapping[str, float], ...] = ()

@@ -162,7 +162,7 @@ def test_is_sorted_builtin_is_token_data() -> None:
     [
         ({"builtin": "digit"}, "builtin", "unknown builtin data set 'digit' (did you mean 'digits'?); one of: cars93, digits"),
         ({"builtin": "digits", "task": "regression"}, "task", "unknown task 'regression' for builtin digits; one of: classification"),
-        ({"builtin": "digits", "rows": 5}, "rows", "unknown key; allowed: builtin, task, val_fraction, augment, max_shift"),
+        ({"builtin": "digits", "rows": 5}, "rows", "unknown key; allowed: builtin, task, val_fraction, cv_folds, augment, max_shift"),
         ({"builtin": "digits", "augment": "flip"}, "augment", "unknown augmentation 'flip'; one of: none, shift"),
         ({"builtin": "used_cars", "rows": 0}, "rows", "must be in [10, 100000000], got 0"),
         ({"builtin": "used_cars", "rows": "many"}, "rows", "must be a number"),

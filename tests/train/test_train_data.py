@@ -24,7 +24,7 @@ def test_parse_data_config_unknown_key_message() -> None:
         parse_data_config({"csv": "x.csv", "tagret": "Price", "task": "regression"}, seed=0)
     assert info.value.key == "tagret"
     assert info.value.message == (
-        "unknown key (did you mean 'target'?); allowed: csv, parquet, target, task, drop, val_fraction"
+        "unknown key (did you mean 'target'?); allowed: csv, parquet, target, task, drop, val_fraction, cv_folds"
     )
 
 

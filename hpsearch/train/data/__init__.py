@@ -5,6 +5,10 @@ NAME`` (see :mod:`hpsearch.train.data.datasets`) or ``python: "pkg.module:functi
 :mod:`hpsearch.train.data.user`). Only ``load_dataset`` imports torch (and pandas is imported when
 a file is read), so parsing and checking a study stays fast. Preprocessing statistics are fitted on
 the training split only.
+
+``cv_folds: k`` replaces the single split (``val_fraction``) by k folds (:mod:`hpsearch.train.data.folds`),
+for files, builtins and a ``python`` loader that returns ``(x, y)``; :func:`load_data` then gives
+:class:`~hpsearch.train.data.folds.Folds`, and :func:`load_dataset` the first fold.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from hpsearch.train.data.encoding import TabularEncoding
+    from hpsearch.train.data.folds import Folds
+
 SOURCES = ("csv", "parquet", "builtin", "python")
-_FILE_KEYS = ("csv", "parquet", "target", "task", "drop", "val_fraction")
+_FILE_KEYS = ("csv", "parquet", "target", "task", "drop", "val_fraction", "cv_folds")
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class DataConfig:
     builtin: str | None = None
     python: str | None = None
     options: tuple[tuple[str, Any], ...] = ()
+    cv_folds: int | None = None  # k-fold cross-validation instead of one split (see hpsearch.train.data.folds)
 
     @property
     def path(self) -> str:
@@ -86,6 +94,7 @@ class Dataset:
     classes: tuple[str, ...] = ()
     vocab_size: int = 0
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    encoding: TabularEncoding | None = None  # tabular data: how a frame's rows became ``x`` (None: arrays)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -130,6 +139,7 @@ def _file_config(raw: Mapping[str, Any], source: str, seed: int) -> DataConfig:
         drop=_drop(raw.get("drop", ())),
         val_fraction=_val_fraction(raw),
         seed=seed,
+        cv_folds=_cv_folds(raw),
     )
 
 
@@ -137,7 +147,7 @@ def _builtin_config(raw: Mapping[str, Any], seed: int) -> DataConfig:
     name = as_choice("builtin", raw["builtin"], builtins(), what="builtin data set")
     spec = builtins()[name]
     tabular_keys = ("target", "drop") if spec.tabular else ()
-    check_keys(raw, ("builtin", "task", "val_fraction", *tabular_keys, *spec.options))
+    check_keys(raw, ("builtin", "task", "val_fraction", "cv_folds", *tabular_keys, *spec.options))
     target = raw.get("target", spec.target)
     if not isinstance(target, str) or not target:
         raise ConfigError("target", f"must name the target column, got {target!r}")
@@ -152,13 +162,14 @@ def _builtin_config(raw: Mapping[str, Any], seed: int) -> DataConfig:
         seed=seed,
         builtin=name,
         options=tuple(sorted(options.items())),
+        cv_folds=_cv_folds(raw),
     )
 
 
 def _python_config(raw: Mapping[str, Any], seed: int) -> DataConfig:
     path = check_import_path("python", raw["python"])
     load_callable("python", path)  # a wrong path fails when the study is checked, not in a trial
-    options = {str(k): freeze(v) for k, v in raw.items() if k not in ("python", "task", "val_fraction")}
+    options = {str(k): freeze(v) for k, v in raw.items() if k not in ("python", "task", "val_fraction", "cv_folds")}
     return DataConfig(
         csv=None,
         parquet=None,
@@ -168,6 +179,7 @@ def _python_config(raw: Mapping[str, Any], seed: int) -> DataConfig:
         seed=seed,
         python=path,
         options=tuple(sorted(options.items())),
+        cv_folds=_cv_folds(raw),
     )
 
 
@@ -193,6 +205,18 @@ def _val_fraction(raw: Mapping[str, Any]) -> float:
     return val_fraction
 
 
+def _cv_folds(raw: Mapping[str, Any]) -> int | None:
+    if raw.get("cv_folds") is None:
+        return None
+    if raw.get("val_fraction") is not None:
+        raise ConfigError("cv_folds", "give cv_folds or val_fraction, not both: with cv_folds each fold "
+                                      "validates on 1/cv_folds of the rows")
+    k = as_int("cv_folds", raw["cv_folds"])
+    if k < 2:
+        raise ConfigError("cv_folds", f"must be an integer >= 2 (the number of folds), got {raw['cv_folds']!r}")
+    return k
+
+
 def check_data(cfg: DataConfig) -> None:
     """Check the data can be found and has the named columns, reading at most a header or schema."""
     if cfg.builtin is not None:
@@ -203,8 +227,13 @@ def check_data(cfg: DataConfig) -> None:
     if cfg.python is not None:
         return  # its import was checked when the section was parsed
     path = cfg.path
+    field = "data.csv" if cfg.csv is not None else "data.parquet"
+    if os.path.isdir(path):
+        raise DataError(f"{field}: {path} is a directory; name the data file in it")
     if not os.path.isfile(path):
-        raise DataError(f"data file {path} does not exist")
+        raise DataError(f"{field}: data file {path} does not exist")
+    if cfg.csv is not None:
+        _check_text(path)
     try:
         if cfg.csv is not None:
             import pandas as pd
@@ -216,21 +245,38 @@ def check_data(cfg: DataConfig) -> None:
             columns = list(pq.read_schema(path).names)
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
         kind = "CSV" if cfg.csv is not None else "Parquet"
-        raise DataError(f"cannot read {path} as {kind}: {exc}") from exc
+        raise DataError(f"{field}: cannot read {path} as {kind}: {exc}") from exc
     _check_columns(cfg, columns)
 
 
+def _check_text(path: str) -> None:
+    """A CSV is text: NUL bytes mean a binary file (or UTF-16), which pandas would read as one odd column."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(1 << 16)
+    except OSError as exc:
+        raise DataError(f"data.csv: cannot read {path}: {exc.strerror}") from None
+    if b"\x00" in head:
+        raise DataError(f"data.csv: {path} is not a text CSV file (it holds NUL bytes); save it as UTF-8 CSV")
+
+
 def _check_columns(cfg: DataConfig, columns: list[str]) -> None:
-    listing = ", ".join(columns)
+    listing = _listing(columns)
     if cfg.target not in columns:
         hint = did_you_mean(cfg.target, columns)
-        raise DataError(f"target column {cfg.target!r} is not in {cfg.path}{hint}; columns: {listing}")
+        raise DataError(f"data.target: target column {cfg.target!r} is not in {cfg.path}{hint}; columns: {listing}")
     for col in cfg.drop:
         if col not in columns:
             hint = did_you_mean(col, columns)
-            raise DataError(f"drop column {col!r} is not in {cfg.path}{hint}; columns: {listing}")
+            raise DataError(f"data.drop: drop column {col!r} is not in {cfg.path}{hint}; columns: {listing}")
     if cfg.target in cfg.drop:
-        raise DataError(f"the target column {cfg.target!r} is also listed under drop")
+        raise DataError(f"data.drop: the target column {cfg.target!r} is also listed under drop")
+
+
+def _listing(columns: list[str], most: int = 30) -> str:
+    """Column names for a message: unprintable ones quoted, a long list cut (a binary file read as CSV)."""
+    shown = [c if c.isprintable() else repr(c) for c in columns[:most]]
+    return ", ".join(shown) + (f", ... ({len(columns) - most} more)" if len(columns) > most else "")
 
 
 def _read(cfg: DataConfig) -> pd.DataFrame:
@@ -243,24 +289,43 @@ def _read(cfg: DataConfig) -> pd.DataFrame:
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
-    """Load, split (by ``cfg.seed``) and preprocess the data. Deterministic for a cfg."""
-    from hpsearch.train.data import tabular, tensors
+    """Load, split (by ``cfg.seed``) and preprocess the data. Deterministic for a cfg.
+
+    With ``cv_folds``, the first fold (:func:`load_data` gives them all).
+    """
+    from hpsearch.train.data.folds import Folds
+
+    data = load_data(cfg)
+    return data.datasets[0] if isinstance(data, Folds) else data
+
+
+def load_data(cfg: DataConfig) -> Dataset | Folds:
+    """What trials train on: the split Dataset, or with ``cv_folds`` the :class:`Folds`. Deterministic for a cfg."""
+    from hpsearch.train.data import tensors
 
     if cfg.python is not None:
         from hpsearch.train.data.user import load_user_data
 
         return load_user_data(cfg)
     if cfg.builtin is None:
-        return tabular.from_frame(_read(cfg), cfg)
+        return _from_frame(_read(cfg), cfg)
     spec, options = builtins()[cfg.builtin], dict(cfg.options)
     if spec.frame is not None:
         frame = spec.frame(options, cfg.seed)
         _check_columns(cfg, [str(c) for c in frame.columns])
-        return tabular.from_frame(frame, cfg)
+        return _from_frame(frame, cfg)
     assert spec.arrays is not None  # BuiltinSpec guarantees one of frame, arrays
     x, y = spec.arrays(options, cfg.seed)
-    return tensors.split_arrays(x, y, cfg.task, cfg.val_fraction, cfg.seed, augment=_augment(options),
-                                where=f"builtin {cfg.builtin}")
+    where = f"builtin {cfg.builtin}"
+    if cfg.cv_folds is not None:
+        return tensors.fold_arrays(x, y, cfg.task, cfg.cv_folds, cfg.seed, augment=_augment(options), where=where)
+    return tensors.split_arrays(x, y, cfg.task, cfg.val_fraction, cfg.seed, augment=_augment(options), where=where)
+
+
+def _from_frame(frame: pd.DataFrame, cfg: DataConfig) -> Dataset | Folds:
+    from hpsearch.train.data import tabular
+
+    return tabular.from_frame(frame, cfg) if cfg.cv_folds is None else tabular.frame_folds(frame, cfg)
 
 
 def _augment(options: Mapping[str, Any]) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:

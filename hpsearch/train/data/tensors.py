@@ -12,6 +12,8 @@ import torch
 
 from hpsearch.errors import DataError
 from hpsearch.train.data import Dataset
+from hpsearch.train.data.checks import check_arrays
+from hpsearch.train.data.folds import Folds, fold_rows
 
 
 def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +50,7 @@ def from_arrays(
             raise DataError(f"{where}: {part} x {list(x.shape)} and y {list(y.shape)} must be non-empty with one row per label")
     if xs[0].shape[1:] != xs[1].shape[1:]:
         raise DataError(f"{where}: train and validation rows differ in shape: {list(xs[0].shape[1:])} vs {list(xs[1].shape[1:])}")
+    check_arrays(xs, ys, task, where)
     tokens = not xs[0].is_floating_point() and xs[0].dtype != torch.bool  # bool x are 0/1 features
     vocab = int(max(x.max() for x in xs)) + 1 if tokens else 0
     x_train_t, x_val_t = (x.long() if tokens else x.float() for x in xs)
@@ -71,6 +74,19 @@ def split_arrays(x: Any, y: Any, task: str, val_fraction: float, seed: int, **kw
         raise DataError(f"{kw.get('where', 'the data')}: x {list(x.shape)} and y {list(y.shape)} need >= 2 matching rows")
     train_rows, val_rows = (torch.from_numpy(r) for r in split_rows(len(x), val_fraction, seed))
     return from_arrays(x[train_rows], y[train_rows], x[val_rows], y[val_rows], task, **kw)
+
+
+def fold_arrays(x: Any, y: Any, task: str, k: int, seed: int, **kw: Any) -> Folds:
+    """The ``k`` folds of ``x``/``y`` (:func:`~hpsearch.train.data.folds.fold_rows`), each through
+    :func:`from_arrays`, so a regression target is standardized by its own training rows."""
+    x, y = _tensor(x, "x"), _tensor(y, "y")
+    where = kw.get("where", "the data")
+    if len(x) != len(y):
+        raise DataError(f"{where}: x {list(x.shape)} and y {list(y.shape)} need matching rows")
+    splits = fold_rows(len(x), k, seed, where)
+    return Folds(tuple(from_arrays(x[torch.from_numpy(train)], y[torch.from_numpy(train)],
+                                   x[torch.from_numpy(val)], y[torch.from_numpy(val)], task, **kw)
+                       for train, val in splits))
 
 
 def _tensor(value: Any, what: str) -> torch.Tensor:

@@ -15,14 +15,16 @@ from hpsearch.train.fused.key import FUSABLE_OPTIMIZERS, fusion_key, unfused_rea
 if TYPE_CHECKING:
     from hpsearch.train.config import TrainConfig
     from hpsearch.train.data import Dataset
+    from hpsearch.train.data.folds import Folds
     from hpsearch.train.result import Reporter, TrainResult
 
 
-def train_pack(configs: Sequence[TrainConfig], data: Dataset, reporters: Sequence[Reporter | None] | None = None,
+def train_pack(configs: Sequence[TrainConfig], data: Dataset | Folds, reporters: Sequence[Reporter | None] | None = None,
                on_end: Callable[[int, TrainResult], None] | None = None,
                report_epoch: Callable[[Sequence[tuple[int, int, Mapping[str, float]]]], Sequence[bool]] | None = None,
                ) -> list[TrainResult]:
-    """Train trials of one fusion key together; see :func:`hpsearch.train.fused.pack.train_pack`."""
+    """Train trials of one fusion key together (with k-fold ``data``, each on every fold); see
+    :func:`hpsearch.train.fused.pack.train_pack`."""
     from hpsearch.train.fused.pack import train_pack as _train_pack
 
     return _train_pack(configs, data, reporters, on_end, report_epoch)

@@ -8,10 +8,12 @@ this module does not import torch; builders import it when called.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.errors import ConfigError, one_of
+from hpsearch.train.imports import thaw
 from hpsearch.train.models.inputs import FEATURES, IMAGES, TOKENS, ModelInputs
 from hpsearch.train.models.kinds import (
     CNN_KNOBS,
@@ -77,7 +79,31 @@ def model_kind(section: Mapping[str, Any]) -> Any:
         if section.get("kind", "python") != "python":
             raise ConfigError("model.python", f"names a user model, so kind must be python or left out, got {section['kind']!r}")
         return "python"
-    return section.get("kind", "mlp")
+    kind = section.get("kind", "mlp")
+    if not isinstance(kind, str):  # a list or mapping here would be looked up in the registry, and fail unhashable
+        raise ConfigError("model.kind", f"must be a model kind such as mlp, got {kind!r}")
+    return kind
+
+
+def config_section(config: Any) -> dict[str, Any]:
+    """The ``model:`` section that parses back to ``config`` (:func:`parse_section`): what a saved
+    model keeps of its network, as plain data."""
+    section: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "options":  # a user model's options: its own keys in the section
+            section.update({k: thaw(v) for k, v in value})
+        else:
+            section[f.name] = list(value) if isinstance(value, tuple) else value
+    return section
+
+
+def parse_section(section: Mapping[str, Any]) -> Any:
+    """The frozen config of a ``model:`` section on its own (no knobs from ``train:`` or ``space:``)."""
+    kind = model_kind(section)
+    if kind not in _REGISTRY:
+        raise ConfigError("model.kind", f"unknown model kind {kind!r}; {one_of(sorted(_REGISTRY))}")
+    return _REGISTRY[kind].parse(section, {})
 
 
 def build_model(config: Any, n_features: int, n_outputs: int) -> torch.nn.Module:
@@ -87,7 +113,12 @@ def build_model(config: Any, n_features: int, n_outputs: int) -> torch.nn.Module
 
 def build_model_for(config: Any, data: Dataset) -> torch.nn.Module:
     """The network for ``data``'s shapes; a kind that cannot read the data's inputs is a ConfigError."""
-    spec, inputs = _REGISTRY[config.kind], ModelInputs.of(data)
+    return build_network(config, ModelInputs.of(data))
+
+
+def build_network(config: Any, inputs: ModelInputs) -> torch.nn.Module:
+    """The network of ``config`` for inputs and outputs of these shapes (see :func:`build_model_for`)."""
+    spec = _REGISTRY[config.kind]
     if inputs.kind not in spec.accepts:
         readers = sorted(k for k, s in _REGISTRY.items() if inputs.kind in s.accepts)
         raise ConfigError(
@@ -114,7 +145,10 @@ __all__ = [
     "TransformerConfig",
     "build_model",
     "build_model_for",
+    "build_network",
+    "config_section",
     "model_kind",
     "models",
+    "parse_section",
     "register",
 ]

@@ -1,7 +1,9 @@
 """Knobs several model kinds share: the activation and init registries and how a knob is read.
 
 A model knob may be set in the ``model:`` section or, because it is searchable, under ``train:`` or
-``space:``; the knob wins. Errors name ``model.<knob>`` or ``<knob>``, whichever the user wrote.
+``space:``; the knob wins. A study file may set a built-in model's knob in one place only (hpsearch.spec
+refuses both); a user model's section declares its knobs, so ``space:`` searches them there.
+Errors name ``model.<knob>`` or ``<knob>``, whichever the user wrote.
 Importing this module does not import torch: the factories import it when called.
 """
 

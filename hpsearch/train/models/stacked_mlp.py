@@ -104,6 +104,11 @@ class StackedMlp:
         keep = 1 - torch.tensor(self.dropouts, dtype=h.dtype, device=h.device).view(-1, 1, 1)
         return torch.bernoulli(keep.expand_as(h)).div_(keep)
 
+    def member_state(self, row: int) -> list[torch.Tensor]:
+        """Copies of member ``row``'s parameters and batch-norm statistics (see :func:`load_member`)."""
+        tensors = [*self.params, *(t for pair in self.running for t in pair)]
+        return [t.detach()[row].clone() for t in tensors]
+
     def keep(self, members: Sequence[int]) -> None:
         """Keep only ``members`` (indices into the current members); new leaves for the optimizer."""
         index = torch.tensor(list(members), dtype=torch.long, device=self.weights[0].device)
@@ -119,10 +124,25 @@ class StackedMlp:
 
 
 def _stack(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    return torch.stack([t.detach() for t in tensors]).to(device).requires_grad_(True)
+    """Stacked along a new first dimension; a first layer narrower than the widest (a k-fold fold with
+    fewer one-hot inputs) is padded with zero weights, which its zero inputs keep at zero."""
+    width = max(t.shape[-1] for t in tensors)
+    return torch.stack([F.pad(t.detach(), (0, width - t.shape[-1])) for t in tensors]).to(device).requires_grad_(True)
 
 
 def _buffer(tensor: torch.Tensor | None) -> torch.Tensor:
     if tensor is None:
         raise ValueError("a batch norm of a stacked MLP keeps running statistics")
     return tensor
+
+
+def load_member(state: Sequence[torch.Tensor], model: nn.Module) -> None:
+    """Write :meth:`StackedMlp.member_state` into ``model``, the member's solo network: what it would
+    hold had it trained alone."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    targets = [*(m.weight for m in linears), *(m.bias for m in linears), *(m.weight for m in norms),
+               *(m.bias for m in norms), *(_buffer(b) for m in norms for b in (m.running_mean, m.running_var))]
+    with torch.no_grad():
+        for target, value in zip(targets, state, strict=True):
+            target.copy_(value[..., : target.shape[-1]])  # without the padding of a narrower first layer
