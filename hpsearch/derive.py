@@ -180,11 +180,23 @@ CONVERGED = "converged"  # the reason of a round that did not run (ATTR_ENDED), 
 
 def source_index(spec: StudySpec, index: int, storage: optuna.storages.BaseStorage) -> int:
     """The stage stage ``index`` derives from: the one before it, passing over the rounds of a repeated
-    stage that did not run (an earlier round converged)."""
+    stage that did not run (an earlier round converged) or that pruning left too few complete trials
+    to narrow from (the round after it converged for that)."""
+    stage = spec.stages[index]
+    needs = stage.narrow.needs() if stage.narrow else 1
     i = index - 1
-    while i > 0 and spec.stages[i].round > 1 and _ended_reason(spec, spec.stages[i], storage).startswith(CONVERGED):
+    while i > 0 and spec.stages[i].round > 1 and (
+            _ended_reason(spec, spec.stages[i], storage).startswith(CONVERGED)
+            or _complete(spec, spec.stages[i], storage) < needs):
         i -= 1
     return i
+
+
+def _complete(spec: StudySpec, stage: StageSpec, storage: optuna.storages.BaseStorage) -> int:
+    try:
+        return storage.get_n_trials(storage.get_study_id_from_name(spec.study_name(stage)), TrialState.COMPLETE)
+    except KeyError:
+        return 0
 
 
 def _ended_reason(spec: StudySpec, stage: StageSpec, storage: optuna.storages.BaseStorage) -> str:
@@ -227,8 +239,9 @@ def round_verdict(spec: StudySpec, index: int, storage: optuna.storages.BaseStor
     study = optuna.load_study(study_name=spec.study_name(previous), storage=storage)
     searched = parse_space(study.user_attrs.get(ATTR_SPACE, space_to_raw(spec.space)))
     ranked = ranked_trials(study)
-    if len(ranked) < stage.narrow.needs():
-        return None  # too few to narrow: stage_space says so, as for any stage
+    if len(ranked) < stage.narrow.needs():  # pruning took most of them: iterating is optional, so end here
+        return (f"{CONVERGED}: round {previous.name} has {len(ranked)} complete trial(s), too few to narrow "
+                f"again (narrow.top {stage.narrow.top:g} needs {stage.narrow.needs()})")
     narrowed = narrow_space(spec.space, [t.params for t in ranked], stage.narrow.top, margin=stage.narrow.margin,
                             keep_min=stage.narrow.keep_min, freeze=stage.freeze)
     if not _shrinks(searched, narrowed):

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
+import contextlib
 import copy
 from typing import Any
 
@@ -59,12 +60,27 @@ class StageHistory:
         self._mine: set[int] = set()  # trials add() counted whose id the database reads have not passed yet
         self._merged: list[FrozenTrial] | None = None
         self._prior: list[FrozenTrial] = []
+        self._hide_prior = False
 
     def set_prior(self, trials: Sequence[FrozenTrial]) -> None:
         """Trials of an earlier stage that samplers see as this stage's own history (numbered below 0,
         so they never meet the stage's trials); they are not counted and never the stage's best."""
         self._prior = list(trials)
         self._merged = None
+
+    @contextlib.contextmanager
+    def own_trials(self) -> Iterator[None]:
+        """Within it, the view leaves the prior trials out: pruners judge a trial against the stage's own.
+
+        The prior trials are the previous stage's best inside this stage's space: against them a median
+        pruner would stop nearly every new trial, and its start-up count would be met before the stage
+        had finished a trial of its own.
+        """
+        self._hide_prior = True
+        try:
+            yield
+        finally:
+            self._hide_prior = False
 
     # Reading.
     def load(self) -> None:
@@ -178,7 +194,7 @@ class StageHistory:
             merged.update((e[2]._trial_id, e[2]) for e in self._best)
             merged.update(self._running)
             self._merged = [*self._prior, *sorted(merged.values(), key=lambda t: t.number)]
-        chosen: Sequence[FrozenTrial] = self._merged
+        chosen: Sequence[FrozenTrial] = self._merged[len(self._prior):] if self._hide_prior else self._merged
         if states is not None:
             chosen = [t for t in chosen if t.state in states]
         return copy.deepcopy(list(chosen)) if deepcopy else list(chosen)

@@ -4,7 +4,7 @@ A stage records the study file it started from (after ``--set``), the part of it
 its trials train and rank (:data:`FIXED`), and the versions that ran it. A later ``hpsearch run``,
 ``status``, ``best`` or ``export`` whose study file changed any of :data:`FIXED` is refused in one
 line, as a changed ``space`` is: its trials would be trained or ranked differently from the stored
-ones. Budgets, stage samplers and pruners, the executor and the storage may change freely.
+ones. Budgets, stage samplers and pruners, the executor, ``train.device`` and the storage may change freely.
 ``hpsearch run --force-resume`` goes on with the change and records it on each started stage.
 """
 
@@ -30,6 +30,9 @@ ATTR_FORCED = "forced_resumes"  # [{"at": ..., "changes": [...]}]: runs that wen
 
 # The study file's keys that decide how trials train and rank. ``seed`` too: it splits the data.
 FIXED = ("metric", "direction", "seed", "data", "model", "train")
+# Knobs of ``train`` that say where a trial runs, not how it trains: free to change, like the executor
+# (a study started on CPUs goes on on a GPU).
+PLACEMENT = ("device",)
 
 
 def fixed_part(spec: StudySpec, stage: StageSpec) -> dict[str, Any]:
@@ -64,6 +67,15 @@ def changes(before: Any, now: Any, path: str = "") -> Iterator[tuple[str, str]]:
 _ABSENT = object()
 
 
+def _unplaced(part: Mapping[str, Any]) -> dict[str, Any]:
+    """``part`` without the :data:`PLACEMENT` knobs of ``train`` and ``stage_train``."""
+    out = dict(part)
+    for key in ("train", "stage_train"):
+        if isinstance(out.get(key), Mapping):
+            out[key] = {k: v for k, v in out[key].items() if k not in PLACEMENT}
+    return out
+
+
 def _show(value: Any) -> str:
     return "(none)" if value is _ABSENT else json.dumps(value, default=str)
 
@@ -87,7 +99,7 @@ def check(spec: StudySpec, storage: optuna.storages.BaseStorage, force: bool = F
         before = attrs.get(ATTR_FIXED)
         if before is None:
             continue  # started by an older hpsearch: recorded when this run starts it
-        changed = list(changes(before, now))
+        changed = list(changes(_unplaced(before), _unplaced(now)))
         if not changed:
             continue
         if not force:

@@ -111,19 +111,26 @@ def run(spec: StudySpec, settings: RangeSettings) -> list[Tested]:
 
 
 def combined(results: list[RangeResult]) -> tuple[Suggestion | None, str]:
-    """The lr range for every optimizer tested: the span of their ranges; none if any optimizer has none."""
+    """The lr range for every optimizer tested: the span of the ranges found; none if no optimizer has one.
+
+    An optimizer whose test found no range (its loss too noisy to call a fall, say) is named in the
+    message; the others' span stands for it, as the later stages narrow lr further anyway.
+    """
     missing = [r for r in results if r.suggestion is None]
-    if missing:
+    found = [r for r in results if r.suggestion is not None]
+    if not found:
         return None, "; ".join(f"{r.optimizer}: {r.message}" for r in missing)
-    ranges = [r.suggestion for r in results if r.suggestion is not None]
+    without = (f"; {', '.join(r.optimizer for r in missing)} found none, so the others' range stands for "
+               f"{'it' if len(missing) == 1 else 'them'}") if missing else ""
+    ranges = [r.suggestion for r in found if r.suggestion is not None]
     if len(ranges) == 1:
-        return ranges[0], results[0].message
+        return ranges[0], found[0].message + without
     low = min(ranges, key=lambda s: s.low)
     high = max(ranges, key=lambda s: s.high)
-    lowest = results[ranges.index(low)].optimizer
-    highest = results[ranges.index(high)].optimizer
+    lowest = found[ranges.index(low)].optimizer
+    highest = found[ranges.index(high)].optimizer
     suggestion = Suggestion(low.low, high.high, f"{lowest}'s {low.low_from}", f"{highest}'s {high.high_from}")
-    return suggestion, f"lr {low.low:.3g}..{high.high:.3g}: the span of every optimizer's range"
+    return suggestion, f"lr {low.low:.3g}..{high.high:.3g}: the span of every optimizer's range{without}"
 
 
 def format_results(spec: StudySpec, settings: RangeSettings, tested: list[Tested]) -> str:
@@ -135,10 +142,12 @@ def format_results(spec: StudySpec, settings: RangeSettings, tested: list[Tested
         held = ", ".join(f"{k}={_short(v)}" for k, v in t.probe.params.items() if k != "optimizer")
         how = "fused" if r.fused else "one after another"
         lines.append(f"  {r.optimizer}{f' ({held})' if held else ''}: {r.message} [{how}, {r.duration_s:.1f} s]")
-    suggestion, _ = combined([t.result for t in tested])
+    suggestion, message = combined([t.result for t in tested])
     if suggestion is None:
         lines.append("no suggested lr range: see above")
     else:
+        if any(t.result.suggestion is None for t in tested):
+            lines.append(f"  ({message.split('; ', 1)[1]})")
         lines.append(f"suggested lr: low {suggestion.low:.3g} ({suggestion.low_from}), "
                      f"high {suggestion.high:.3g} ({suggestion.high_from})")
         lines.append(f"  space:  lr: {{type: float, low: {suggestion.low:.3g}, high: {suggestion.high:.3g}, log: true}}")

@@ -14,6 +14,7 @@ it hands on as its ``space``, so ``hpsearch status`` and the report show the cha
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import threading
 from typing import TYPE_CHECKING, Any
@@ -42,13 +43,14 @@ def run_range_stage(spec: StudySpec, index: int, storage: optuna.storages.BaseSt
 
     stage = spec.stages[index]
     study = open_stage_study(spec, stage, storage)
+    settings = stage.lr_range or lr_range.RangeSettings()
     done = study.user_attrs.get(ATTR_LR_RANGE)
     if done is not None:
-        listener.on_stage_skipped(stage, f"its lr range test finished in an earlier run: {done['message']}")
+        listener.on_stage_skipped(stage, f"its lr range test finished in an earlier run: {done['message']}"
+                                  + _changed(done.get("settings", {}), _settings(settings)))
         return
     stage_space(spec, index, storage, study)  # refuses a space changed since the stage started
     identity.record(study, spec, stage)
-    settings = stage.lr_range or lr_range.RangeSettings()
     probes = lr_range.probes(spec, settings)
     data = load_dataset(spec.data)
     tested = []
@@ -65,7 +67,7 @@ def run_range_stage(spec: StudySpec, index: int, storage: optuna.storages.BaseSt
         "lr": None if suggestion is None else {"low": suggestion.low, "high": suggestion.high,
                                                "low_from": suggestion.low_from, "high_from": suggestion.high_from},
         "message": message if suggestion is not None else f"no suggestion, lr searched as written: {message}",
-        "settings": {"min": settings.min_lr, "max": settings.max_lr, "steps": settings.steps, "repeats": settings.repeats},
+        "settings": _settings(settings),
         "optimizers": [{"optimizer": t.result.optimizer, "message": t.result.message, "fused": t.result.fused,
                         "held": dict(t.probe.params), "duration_s": round(t.result.duration_s, 3)}
                        for t in tested],
@@ -73,6 +75,19 @@ def run_range_stage(spec: StudySpec, index: int, storage: optuna.storages.BaseSt
     study.set_user_attr(ATTR_SPACE, space_to_raw(with_range(spec.space, record)))
     study.set_user_attr(ATTR_LR_RANGE, record)  # last: the stage is finished
     listener.on_note(stage, f"lr range test: {record['message']}")
+
+
+def _settings(settings: lr_range.RangeSettings) -> dict[str, Any]:
+    return {"min": settings.min_lr, "max": settings.max_lr, "steps": settings.steps, "repeats": settings.repeats}
+
+
+def _changed(stored: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """What a finished test's settings and the study file's differ in, said, so a change is not silently lost."""
+    differ = [f"{key} {stored[key]:g} (now {now[key]:g})" for key in now if key in stored and stored[key] != now[key]]
+    if not differ:
+        return ""
+    return (f"; it ran with {', '.join(differ)}: the stored result stands (give the study a new name "
+            "to test again)")
 
 
 def _short(value: float) -> float:

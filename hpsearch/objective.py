@@ -268,10 +268,12 @@ class TrialRecorder:
     def ended(self, ending: Ending, gone: bool) -> TrialState:
         """After ``ending`` was written (or skipped, ``gone``: another run failed the trial as abandoned,
         and its slot runs again): :attr:`frozen` as written, and the sampler told."""
+        set_attrs = self.study._storage.take_system_attrs(self.trial._trial_id)  # type: ignore[attr-defined]
         if gone or self.gone:
             self.gone = True
             return TrialState.FAIL
         frozen, state, value = self.frozen, ending.state, ending.value
+        frozen.system_attrs = {**frozen.system_attrs, **set_attrs}  # the pruner's rungs, for the next trials' pruning
         frozen.state, frozen.datetime_complete = state, datetime.datetime.now()
         frozen.values = None if value is None else [value]
         frozen.params, frozen.distributions = dict(self.trial.params), dict(self.trial.distributions)

@@ -71,8 +71,10 @@ class ProgressListener(RunListener):
         self._note(f"stage {stage.name}: {line}")
 
     def on_study_done(self, spec: StudySpec, summary: str) -> None:
+        # The first stage that has trials (an lr_range stage has none to raise).
+        first = next((i for i, s in enumerate(spec.stages) if s.kind == "search"), 0)
         self._note(f"study {spec.name} is done ({summary}); nothing to run. "
-                   f"To run more, raise a stage's trials, e.g. --set stages.0.trials=N")
+                   f"To run more, raise a stage's trials, e.g. --set stages.{first}.trials=N")
 
     def _note(self, line: str) -> None:
         if self._bar is not None:

@@ -83,7 +83,9 @@ def render(spec: StudySpec, storage: RetryingStorage) -> str:
     require_plotly()
     from plotly.offline import get_plotlyjs
 
-    stages = gather(spec, storage)
+    # An lr_range stage has no trials: its own section, not empty figures and rows of zeros.
+    ranges = {s.name for s in spec.stages if s.kind == lr_range_stage.KIND}
+    stages = [s for s in gather(spec, storage) if s.name not in ranges]
     curves = results.curves_frame(spec, storage)
     started = [s for s in stages if s.study is not None]
     sections = [
@@ -94,7 +96,7 @@ def render(spec: StudySpec, storage: RetryingStorage) -> str:
         ("narrowing", "Coarse to fine: the searched range of each parameter", _narrowing(spec, stages)),
         *([("lr-range", "Learning-rate range test", "\n".join(
             _note(line) for line in lr_range_stage.format_status(spec, storage).splitlines()))]
-          if any(s.kind == lr_range_stage.KIND for s in spec.stages) else []),
+          if ranges else []),
         ("importance", "Parameter importances, parallel coordinates and slices", _per_stage(
             "analysis", stages, lambda s, study: _analysis(s, study, spec.metric))),
         ("curves", "Learning curves", _per_stage("curves", stages, lambda s, study: [figures.curves(

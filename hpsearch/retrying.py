@@ -100,6 +100,8 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         # trial id -> {name: (internal value, distribution)}: parameters waiting for write_trial.
         self._deferred: dict[int, dict[str, tuple[float, optuna.distributions.BaseDistribution]]] = {}
         self._deferred_steps: dict[int, dict[int, float]] = {}  # trial id -> {step: intermediate value}
+        # Trial system attributes this process set (a pruner's rungs), until the trial's recorder takes them.
+        self._set_system_attrs: dict[int, dict[str, Any]] = {}
 
     def _count_checkout(self, *args: Any) -> None:
         self._checkouts += 1
@@ -205,7 +207,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
                         continue
                     rdb.check_trial_is_updatable(w.trial_id, cast(TrialState, trial.state))
                     if params:
-                        param_rows += self._param_rows(session, int(trial.study_id), w.trial_id, params)
+                        param_rows += self._param_rows(session, cast(int, trial.study_id), w.trial_id, params)
                     attr_rows += _attr_rows(w.trial_id, w.user_attrs)
                     step_rows += _step_rows(w.trial_id, steps)
                     if w.heartbeat:
@@ -470,7 +472,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
                         attr.value_json == json.dumps(write_id))
                 .first()
             )
-        return None if row is None else int(row[0])
+        return None if row is None else cast(int, row[0])
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         deferred = self._deferred_steps.get(trial_id)
@@ -485,6 +487,16 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         self.call_with_retries("write a trial attribute", self._cached.set_trial_system_attr, trial_id, key, value)
+        self._set_system_attrs.setdefault(trial_id, {})[key] = value
+
+    def take_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        """The system attributes set on ``trial_id`` through this storage since the last call, and forget them.
+
+        The stage loop keeps ended trials as written instead of reading them back, and successive
+        halving and Hyperband rank a trial against the rungs (``completed_rung_N``) other trials
+        reached, which they store as system attributes: the kept trials must hold them.
+        """
+        return self._set_system_attrs.pop(trial_id, {})
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         created, self._created = self._created, None

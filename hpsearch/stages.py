@@ -464,7 +464,8 @@ class StageRun:
         self.running[key].placed(placement)
 
     def on_report(self, key: int, epoch: int, metrics: Mapping[str, float]) -> bool:
-        return self.running[key].report(epoch, metrics)
+        with self.history.own_trials():  # the pruner asks here: not against the previous stage's trials
+            return self.running[key].report(epoch, metrics)
 
     # Trials that end during a poll are written together when it returns (_end_trials): the members
     # of a pack often end in the same epoch, and one transaction each would keep the database busy.

@@ -1,32 +1,48 @@
-"""Coarse-to-fine against single-stage search, at the same total trial budget, over several seeds.
+"""Search strategies at equal compute: epochs trained, summed over all trials, over many seeds.
 
-Strategies (each over the same budget of finished trials, e.g. 60):
-  random   one stage, random sampler
-  tpe      one stage, TPE
-  c2f      random on half the budget, then TPE on the rest in a space narrowed around the random
-           stage's best quarter (narrow: {top: 0.25, margin: 0.1}; a conditional parameter such as momentum
-           around the best quarter of the trials that have it; no range below a tenth of its width as written)
-  c2f-ws   the same, the fine stage starting with the coarse stage's best 5 configurations (warm_start: 5)
+Every strategy gets the same budget of epochs (B = --trials full-length trials of --epochs epochs; a
+k-fold trial's epoch counts k times) and runs until it has spent it: a strategy whose trials stop
+early (patience, pruning, short coarse stages) runs more of them. A trial that would end past B does
+not count. Each run drives hpsearch's stage machinery (parse_spec, run_study, SQLite storage) with the
+study's ``seed`` set to the run's seed, one trial at a time, so a run is reproducible.
+
+Strategies:
+  random   one stage, random sampler, full-length trials
+  tpe      one stage, TPE (startup 10)
+  tpe-hb   one stage, TPE, Hyperband pruner (min_resource 1, reduction_factor 3, max_resource = epochs)
+  c2f      the quickstart's coarse to fine: qmc on 2/3 of random's trial count, then TPE narrowed to the
+           best quarter (margin 0.1) from the 3 best coarse configurations (warm_start 3), median pruner
+           (startup 5, warmup 5), all trials full length
+  recipe   the issue's recipe: a qmc coarse stage of --trials trials at an eighth of the epochs; TPE fine
+           stages of --trials/4 (at least 12) full-length trials, narrowed to the best quarter of the stage before, with the
+           short coarse trials as TPE's history (prior_trials: all) and a median pruner (startup 5, warmup
+           an eighth of the epochs); iteration (repeat: {max: 20, min_improvement: 0}: rounds go on while
+           narrowing shrinks the space); then a last TPE stage narrowed to the last round's best 3, for what is left
+  recipe-p the same with a full-length coarse stage whose bad trials the median pruner stops, so its
+           trials count as the fine stages' history (prior_trials: same)
 Problems:
   bowl     analytic, smooth and unimodal over the MLP knobs: optimum 0 at lr 10^-2.5, weight_decay 1e-4,
            dropout 0.2, optimizer momentum with momentum 0.9, batch_size 32
   trap     analytic, deceptive in lr: a broad basin (0.3 at lr 10^-1.5) and a narrow global one (0 at
            lr 1e-5, below 0.3 only for |log10 lr + 5| < 0.137, 4.6% of the log range), plus 0.25 x the
            bowl's other terms
-  cars93   the quickstart MLP study (studies/car_price.yaml's space), really trained by the local executor
-Each run drives hpsearch's stage machinery (parse_spec, run_study, SQLite storage) with the study's
-``seed`` key set to the run's seed; trial values are read back from the storage. Random draws are seeded
-from the study seed, so c2f's coarse stage is the same 30 trials as the first 30 of random.
-Prints, per problem and strategy, the median best value over seeds with its quartiles and range, how
-many finished trials of each half of the budget came near the optimum, and, for c2f, how much of each
-range the fine stage kept and which parameters it narrowed away from the known optimum, and, for c2f-ws,
-how much re-running the warm-started configurations changed their value. Nothing is asserted.
+           Both analytic problems have a learning curve: after t epochs the value is the final one plus
+           2 exp(-t / tau), tau = 2 epochs at lr >= 1e-2 and 2 x 10^(0.2 (-2 - log10 lr)) below (8 epochs at
+           1e-5): small learning rates converge slowly, as they do in training, so a short trial
+           under-rates them (the trap's narrow basin most of all).
+  cars93   the quickstart MLP study (studies/car_price.yaml's space) with cv_folds: 5, trained for real
+  digits   the digits CNN study (studies/digits_cnn.yaml: val_accuracy, 15 epochs), trained for real
+Prints, per problem and strategy: the median best at equal compute (B) with quartiles; the epochs a
+strategy needed to reach random search's best at B (median over seeds, as a share of B; a seed that never
+reached it counts as more than B); how often it won, tied and lost against each other strategy, paired
+by seed; trials run, pruned and failed. Nothing is asserted.
 
-Usage: python scripts/bench_search.py [--seeds 5] [--budget 60] [--only bowl,trap,cars93]
-                                      [--strategies random,tpe,c2f,c2f-ws] [--epochs 40] [--patience 8]
-                                      [--workers 2]
-The defaults take about 6-7 minutes on 2 otherwise idle CPU cores (about 9 when other work loads them),
-nearly all of it cars93.
+Usage: python scripts/bench_search.py [--seeds 10] [--only bowl,trap,cars93,digits] [--fuse K]
+                                      [--strategies random,tpe,tpe-hb,c2f,recipe] [--trials N] [--epochs E]
+Defaults per problem (trials x epochs): bowl and trap 40 x 40, cars93 24 x 40 (patience 8), digits 16 x 15
+(patience 4). The analytic problems take about 2 minutes on 2 CPU cores; the trained ones about 10 minutes
+a seed and strategy at the defaults on a busy machine (cars93's 5 folds train one after another unless
+--fuse is above 1), so reduce --seeds, --trials and --epochs to fit.
 """
 
 from __future__ import annotations
@@ -41,26 +57,27 @@ import os
 from pathlib import Path
 import platform
 import statistics
+import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import __version__ as hpsearch_version
-from hpsearch.executors import Executor, TrialHandler, TrialJob
-from hpsearch.narrow import contains
-from hpsearch.space import CategoricalParam, Param, Space, parse_space
+from hpsearch.errors import StageFailedError
+from hpsearch.executors import Executor, TrialHandler, TrialJob, make_executor
 from hpsearch.spec import StudySpec, parse_spec
-from hpsearch.stages import ATTR_SPACE, ATTR_WARM_START, run_study
+from hpsearch.stages import run_study
 from hpsearch.storage import open_storage
 from hpsearch.train import TrainResult
+from hpsearch.train.result import StopReason
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ("random", "tpe", "c2f", "c2f-ws")
+STRATEGIES = ("random", "tpe", "tpe-hb", "c2f", "recipe", "recipe-p")
 NARROW = {"top": 0.25, "margin": 0.1}
-WARM_START = 5
 
 ANALYTIC_SPACE: dict[str, Any] = {
     "lr": {"type": "float", "low": 1.0e-6, "high": 1.0, "log": True},
@@ -70,9 +87,22 @@ ANALYTIC_SPACE: dict[str, Any] = {
     "optimizer": {"type": "categorical", "choices": ["sgd", "momentum", "adam"]},
     "momentum": {"type": "float", "low": 0.5, "high": 0.99, "when": {"optimizer": ["momentum"]}},
 }
-OPTIMUM = {"lr": 10**-2.5, "weight_decay": 1e-4, "dropout": 0.2, "batch_size": 32, "optimizer": "momentum",
-           "momentum": 0.9}
-TRAP_OPTIMUM = {**OPTIMUM, "lr": 1e-5}
+CARS93_SPACE: dict[str, Any] = {
+    "lr": {"type": "float", "low": 1.0e-5, "high": 1.0, "log": True},
+    "batch_size": {"type": "categorical", "choices": [8, 16, 32]},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    "weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-1, "log": True},
+    "optimizer": {"type": "categorical", "choices": ["sgd", "momentum", "adam"]},
+    "momentum": {"type": "float", "low": 0.5, "high": 0.99, "when": {"optimizer": ["momentum"]}},
+}
+DIGITS_SPACE: dict[str, Any] = {
+    "lr": {"type": "float", "low": 3.0e-4, "high": 1.0e-2, "log": True},
+    "channels": {"type": "categorical", "choices": [16, 32]},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+    "weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-2, "log": True},
+    "optimizer": {"type": "categorical", "choices": ["adam", "adamw", "nesterov"]},
+    "momentum": {"type": "float", "low": 0.8, "high": 0.95, "when": {"optimizer": ["nesterov"]}},
+}
 _BATCH_COST = {8: 0.5, 16: 0.1, 32: 0.0, 64: 0.2}
 _OPTIMIZER_COST = {"sgd": 1.0, "adam": 0.25}
 
@@ -99,162 +129,238 @@ def trap(p: Mapping[str, Any]) -> float:
     return _trap_lr(p["lr"]) + 0.25 * _rest(p)
 
 
+def curve(final: float, lr: float, epoch: int) -> float:
+    """The value after ``epoch`` epochs of a trial whose fully trained value is ``final`` (see the module)."""
+    tau = 2.0 * 10 ** (0.2 * max(0.0, -2.0 - math.log10(lr)))
+    return final + 2.0 * math.exp(-epoch / tau)
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     name: str
     about: str
-    fn: Callable[[Mapping[str, Any]], float] | None  # None: train for real
-    optimum: Mapping[str, Any] | None
-    near_text: str
-    # Whether a finished trial (params, value) counts as near the optimum; ref: the best any strategy found
-    # with the same seed.
-    near: Callable[[Mapping[str, Any], float, float], bool]
+    trials: int  # random search's budget in full-length trials: B = trials x epochs x folds
+    epochs: int
+    metric: str
+    direction: str
+    fn: Callable[[Mapping[str, Any]], float] | None = None  # None: train for real
+    folds: int = 1
+
+    def better(self, a: float, b: float) -> bool:
+        return a < b if self.direction == "minimize" else a > b
 
 
 PROBLEMS: dict[str, Problem] = {
-    "bowl": Problem("bowl", "smooth unimodal, optimum 0 at lr 10^-2.5, wd 1e-4, dropout 0.2, momentum 0.9, "
-                    "batch 32", bowl, OPTIMUM, "value < 1", lambda p, v, ref: v < 1.0),
-    "trap": Problem("trap", "lr term: broad basin 0.3 at lr 10^-1.5, narrow global one 0 at lr 1e-5; "
-                    "+ 0.25 x the bowl's other terms", trap, TRAP_OPTIMUM,
-                    "in the global basin (lr term < 0.3: |log10 lr + 5| < 0.137)",
-                    lambda p, v, ref: _trap_lr(p["lr"]) < 0.3),
-    "cars93": Problem("cars93", "MLP [64, 32] on cars93 (the quickstart's space), val_rmse in $1000, trained "
-                      "for real", None, None, "val_rmse <= 1.1 x the best any strategy found with the seed",
-                      lambda p, v, ref: v <= 1.1 * ref),
+    "bowl": Problem("bowl", "analytic, smooth unimodal (optimum 0), slow convergence at small lr", 40, 40,
+                    "val_rmse", "minimize", bowl),
+    "trap": Problem("trap", "analytic, broad basin 0.3 at lr 10^-1.5, narrow global one 0 at lr 1e-5 that "
+                    "converges slowly", 40, 40, "val_rmse", "minimize", trap),
+    "cars93": Problem("cars93", "MLP [64, 32] on cars93, cv_folds 5, val_rmse in $1000, trained for real", 24, 40,
+                      "val_rmse", "minimize", folds=5),
+    "digits": Problem("digits", "CNN on 8x8 digits (studies/digits_cnn.yaml), val_accuracy, trained for real",
+                      16, 15, "val_accuracy", "maximize"),
 }
 
 
+def stages_of(strategy: str, trials: int, epochs: int) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The stages of ``strategy`` and the study's pruner. Trial counts are caps: the budget ends the run."""
+    cap = 50 * trials
+    short = max(1, epochs // 8)
+    if strategy == "random":
+        return [{"name": "main", "sampler": "random", "trials": cap}], None
+    if strategy == "tpe":
+        return [{"name": "main", "sampler": "tpe", "trials": cap, "startup_trials": 10}], None
+    if strategy == "tpe-hb":
+        return ([{"name": "main", "sampler": "tpe", "trials": cap, "startup_trials": 10}],
+                {"kind": "hyperband", "min_resource": 1, "reduction_factor": 3})
+    if strategy == "c2f":
+        return ([{"name": "coarse", "sampler": "qmc", "trials": 2 * trials // 3},
+                 {"name": "fine", "sampler": "tpe", "trials": cap, "narrow": dict(NARROW), "warm_start": 3}],
+                {"kind": "median", "startup_trials": 5, "warmup_epochs": 5})
+    if strategy in ("recipe", "recipe-p"):
+        # The coarse stage: `recipe` trains every trial for an eighth of the epochs; `recipe-p` trains full
+        # length and lets the median pruner stop the bad ones (so its trials also serve as TPE's history).
+        pruner = {"kind": "median", "startup_trials": 5, "warmup_epochs": short}
+        fine = {"sampler": "tpe", "narrow": dict(NARROW), "pruner": pruner,
+                "prior_trials": "all" if strategy == "recipe" else "same"}
+        coarse: dict[str, Any] = {"name": "coarse", "sampler": "qmc", "trials": trials}
+        coarse.update({"train": {"epochs": short}} if strategy == "recipe" else {"pruner": pruner})
+        return [coarse, {"name": "fine", "trials": max(12, trials // 4), "repeat": {"max": 20, "min_improvement": 0.0},
+                         **fine},
+                {"name": "rest", "trials": cap, **fine, "narrow": {"top": 3, "margin": 0.1}}], None
+    raise ValueError(strategy)
+
+
+def study_dict(problem: Problem, strategy: str, seed: int, trials: int, epochs: int, fuse: int = 1) -> dict[str, Any]:
+    stages, pruner = stages_of(strategy, trials, epochs)
+    raw: dict[str, Any] = {"name": f"{problem.name}-{strategy}-{seed}", "seed": seed, "metric": problem.metric,
+                           "direction": problem.direction, "stages": stages, "keep": "none",
+                           "executor": {"kind": "local", "workers": 1, "fuse": fuse}}
+    if pruner is not None:
+        raw["pruner"] = pruner
+    if problem.name == "digits":
+        raw["data"] = {"builtin": "digits", "augment": "shift", "max_shift": 1, "val_fraction": 0.2}
+        raw["model"] = {"kind": "cnn", "blocks": 2, "kernel_size": 3, "batch_norm": True, "activation": "relu"}
+        raw["train"] = {"epochs": epochs, "patience": 4, "batch_size": 64, "schedule": "cosine", "device": "cpu"}
+        raw["space"] = copy.deepcopy(DIGITS_SPACE)
+        return raw
+    raw["model"] = {"kind": "mlp", "hidden": [64, 32]}
+    if problem.fn is not None:
+        raw["data"] = {"builtin": "cars93", "task": "regression"}  # validated, never loaded
+        raw["train"] = {"epochs": epochs}
+        raw["space"] = copy.deepcopy(ANALYTIC_SPACE)
+    else:
+        raw["data"] = {"csv": str(ROOT / "studies" / "data" / "cars93.csv"), "target": "Price", "task": "regression",
+                       "drop": ["Model", "Make", "Min.Price", "Max.Price"], "cv_folds": problem.folds}
+        raw["train"] = {"epochs": epochs, "patience": 8, "device": "cpu"}
+        raw["space"] = copy.deepcopy(CARS93_SPACE)
+    return raw
+
+
 class FunctionExecutor(Executor):
-    """Evaluates an analytic function of the sampled parameters in this process, one trial at a time."""
+    """Trains an analytic problem's trials in this process, one at a time: the value follows :func:`curve`,
+    reported every epoch so that pruners act as they do on real trials."""
 
     def __init__(self, fn: Callable[[Mapping[str, Any]], float]) -> None:
         self.capacity = 1
         self._fn = fn
-        self._done: list[tuple[int, TrainResult]] = []
+        self._queue: list[TrialJob] = []
 
     def running(self) -> int:
-        return len(self._done)
+        return len(self._queue)
 
     def submit(self, job: TrialJob) -> None:
-        value = self._fn(job.params)
-        self._done.append((job.key, TrainResult(best_epoch=1, best_metrics={"val_rmse": value}, epochs_run=1)))
+        self._queue.append(job)
 
     def poll(self, handler: TrialHandler, timeout: float) -> None:
-        while self._done:
-            key, result = self._done.pop(0)
-            handler.on_result(key, result)
+        while self._queue:
+            job = self._queue.pop(0)
+            final, lr = self._fn(job.params), float(job.params["lr"])
+            best, reason = math.inf, StopReason.COMPLETED
+            epoch = 0
+            for epoch in range(1, job.config.epochs + 1):
+                value = curve(final, lr, epoch)
+                best = min(best, value)
+                if handler.on_report(job.key, epoch, {"val_rmse": value}):
+                    reason = StopReason.PRUNED
+                    break
+            handler.on_result(job.key, TrainResult(best_epoch=epoch, best_metrics={"val_rmse": best},
+                                                   epochs_run=epoch, stop_reason=reason))
 
     def close(self) -> None:
-        self._done.clear()
+        self._queue.clear()
 
 
-def study_dict(problem: Problem, strategy: str, seed: int, budget: int, args: argparse.Namespace) -> dict:
-    coarse = budget // 2
-    if strategy == "random":
-        stages: list[dict[str, Any]] = [{"name": "main", "sampler": "random", "trials": budget}]
-    elif strategy == "tpe":
-        stages = [{"name": "main", "sampler": "tpe", "trials": budget}]
-    else:
-        fine: dict[str, Any] = {"name": "fine", "sampler": "tpe", "trials": budget - coarse, "narrow": dict(NARROW)}
-        if strategy == "c2f-ws":
-            fine["warm_start"] = WARM_START
-        stages = [{"name": "coarse", "sampler": "random", "trials": coarse}, fine]
-    raw: dict[str, Any] = {"name": f"{problem.name}-{strategy}-{seed}", "seed": seed, "metric": "val_rmse",
-                           "model": {"kind": "mlp", "hidden": [64, 32]}, "stages": stages}
-    if problem.fn is not None:
-        raw["data"] = {"builtin": "cars93", "task": "regression"}  # validated, never loaded
-        raw["space"] = copy.deepcopy(ANALYTIC_SPACE)
-    else:
-        raw["data"] = {"csv": str(ROOT / "studies" / "data" / "cars93.csv"), "target": "Price", "task": "regression",
-                       "drop": ["Model", "Make", "Min.Price", "Max.Price"], "val_fraction": 0.2}
-        raw["train"] = {"epochs": args.epochs, "patience": args.patience, "device": "cpu"}
-        raw["space"] = {
-            "lr": {"type": "float", "low": 1.0e-5, "high": 1.0, "log": True},
-            "batch_size": {"type": "categorical", "choices": [8, 16, 32]},
-            "dropout": {"type": "float", "low": 0.0, "high": 0.5},
-            "weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-1, "log": True},
-            "optimizer": {"type": "categorical", "choices": ["sgd", "momentum", "adam"]},
-            "momentum": {"type": "float", "low": 0.5, "high": 0.99, "when": {"optimizer": ["momentum"]}},
-        }
-        raw["executor"] = {"kind": "local", "workers": args.workers}
-    return raw
+class _Counting:
+    """A TrialHandler that counts epochs (x folds) and sets ``stop`` once ``budget`` of them are spent."""
+
+    def __init__(self, inner: TrialHandler, spent: list[int], budget: int, folds: int, stop: threading.Event) -> None:
+        self._inner, self._spent, self._budget, self._folds, self._stop = inner, spent, budget, folds, stop
+
+    def on_report(self, key: int, epoch: int, metrics: Mapping[str, float]) -> bool:
+        self._spent[0] += self._folds
+        if self._spent[0] >= self._budget:
+            self._stop.set()
+        return self._inner.on_report(key, epoch, metrics)
+
+    def on_result(self, key: int, result: TrainResult) -> None:
+        self._inner.on_result(key, result)
+
+    def on_error(self, key: int, message: str, detail: str, lost: bool = False) -> None:
+        self._inner.on_error(key, message, detail, lost)
+
+    def on_start(self, key: int, placement: Mapping[str, Any]) -> None:
+        self._inner.on_start(key, placement)
+
+
+class BudgetExecutor(Executor):
+    """Runs trials on ``inner`` until ``budget`` epochs are spent, then stops the run (see :class:`_Counting`)."""
+
+    def __init__(self, inner: Executor, budget: int, folds: int, stop: threading.Event) -> None:
+        self.capacity = inner.capacity
+        self._inner, self._budget, self._folds, self._stop = inner, budget, folds, stop
+        self._spent = [0]
+
+    def running(self) -> int:
+        return self._inner.running()
+
+    def submit(self, job: TrialJob) -> None:
+        self._inner.submit(job)
+
+    def poll(self, handler: TrialHandler, timeout: float) -> None:
+        self._inner.poll(_Counting(handler, self._spent, self._budget, self._folds, self._stop), timeout)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 @dataclasses.dataclass
 class Run:
-    """One strategy on one problem with one seed, as read back from the storage."""
+    """One strategy on one problem with one seed: its trials in the order they ended, within the budget."""
 
     seed: int
-    finished: list[tuple[dict[str, Any], float]]  # params and value (nan: pruned), stage by stage, by number
+    # (epochs spent when the trial ended, its value or nan when it did not complete), in order of ending
+    trace: list[tuple[int, float]]
+    trials: int
     pruned: int
     failed: int
-    per_stage: dict[str, int]
-    fine_space: Space | None = None
-    wall_s: float = 0.0
-    repeats: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # warm start: (coarse value, its re-run)
+    stages: list[tuple[str, int]]  # (stage or round, trials in it)
+    wall_s: float
 
-    @property
-    def best_trial(self) -> tuple[dict[str, Any], float]:
-        return min((t for t in self.finished if not math.isnan(t[1])), key=lambda t: t[1], default=({}, math.nan))
+    def best(self, problem: Problem, within: int | None = None) -> float:
+        values = [v for spent, v in self.trace if not math.isnan(v) and (within is None or spent <= within)]
+        if not values:
+            return math.nan
+        return min(values) if problem.direction == "minimize" else max(values)
 
-    @property
-    def best(self) -> float:
-        return self.best_trial[1]
-
-    def half(self, which: int) -> list[tuple[dict[str, Any], float]]:
-        """The finished trials of the first (0) or second (1) half of the budget."""
-        cut = len(self.finished) // 2
-        return self.finished[:cut] if which == 0 else self.finished[cut:]
+    def epochs_to_reach(self, problem: Problem, target: float) -> float:
+        """The epochs spent when a trial first matched ``target`` (inf if none did within the budget)."""
+        for spent, v in self.trace:
+            if not math.isnan(v) and not problem.better(target, v):
+                return spent
+        return math.inf
 
 
-def run_one(problem: Problem, strategy: str, seed: int, budget: int, args: argparse.Namespace) -> Run:
-    spec: StudySpec = parse_spec(study_dict(problem, strategy, seed, budget, args))
+def _epochs(trial: FrozenTrial) -> int:
+    return len(trial.intermediate_values)
+
+
+def run_one(problem: Problem, strategy: str, seed: int, args: argparse.Namespace) -> Run:
+    trials, epochs = args.trials or problem.trials, args.epochs or problem.epochs
+    budget = trials * epochs * problem.folds
+    spec: StudySpec = parse_spec(study_dict(problem, strategy, seed, trials, epochs, args.fuse))
+    stop = threading.Event()
     with tempfile.TemporaryDirectory() as tmp:
         storage = open_storage(f"sqlite:///{tmp}/search.db")
-        executor = FunctionExecutor(problem.fn) if problem.fn is not None else None
+        inner = FunctionExecutor(problem.fn) if problem.fn is not None else make_executor(spec.executor)
         start = time.perf_counter()
-        run_study(spec, storage, executor=executor)
+        try:
+            run_study(spec, storage, stop=stop, executor=BudgetExecutor(inner, budget, problem.folds, stop))
+        except KeyboardInterrupt:  # the budget is spent: the run stops as a Ctrl-C would stop it
+            pass
+        except StageFailedError as e:  # e.g. pruning left a stage too few complete trials to narrow from
+            print(f"  [{problem.name} seed {seed} {strategy}: stopped early: {e}]", file=sys.stderr, flush=True)
         wall = time.perf_counter() - start
-        finished: list[tuple[dict[str, Any], float]] = []
-        pruned = failed = 0
-        per_stage: dict[str, int] = {}
-        fine_space = None
-        by_ref: dict[str, float] = {}
-        repeats: list[tuple[float, float]] = []
-        for stage in spec.stages:
-            study = optuna.load_study(study_name=spec.study_name(stage), storage=storage)
-            trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-            per_stage[stage.name] = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-            for t in trials:
-                if t.state is TrialState.COMPLETE:
-                    by_ref[f"{stage.name}#{t.number}"] = float(t.value)  # type: ignore[arg-type]
-                    if ATTR_WARM_START in t.user_attrs:
-                        repeats.append((by_ref[t.user_attrs[ATTR_WARM_START]], float(t.value)))  # type: ignore[arg-type]
-                    finished.append((t.params, float(t.value)))  # type: ignore[arg-type]
-                elif t.state is TrialState.PRUNED:
-                    finished.append((t.params, math.nan))
-                    pruned += 1
-                elif t.state is TrialState.FAIL:
-                    failed += 1
-            if stage.derived:
-                fine_space = parse_space(study.user_attrs[ATTR_SPACE])
+        ended: list[tuple[Any, int, int, FrozenTrial]] = []
+        stages: list[tuple[str, int]] = []
+        for summary in sorted(storage.get_all_studies(), key=lambda s: s._study_id):
+            name = summary.study_name.split("/", 1)[-1]
+            found = storage.get_all_trials(summary._study_id, deepcopy=False)
+            stages.append((name, len(found)))
+            ended += [(t.datetime_complete, summary._study_id, t.number, t) for t in found
+                      if t.datetime_complete is not None]
         del storage
-    return Run(seed, finished, pruned, failed, per_stage, fine_space, wall, repeats)
-
-
-def kept_share(original: Param, fine: Space | None) -> float:
-    """The share of ``original``'s range the fine space kept (in log space for log params); 0 if dropped."""
-    narrowed = next((p for p in fine or () if p.name == original.name), None)
-    if narrowed is None or isinstance(original, CategoricalParam) or isinstance(narrowed, CategoricalParam):
-        return 0.0
-    to = math.log if original.log else float
-    return (to(narrowed.high) - to(narrowed.low)) / (to(original.high) - to(original.low))
-
-
-def kept_text(original: Param, narrowed: Param) -> str:
-    if isinstance(narrowed, CategoricalParam):
-        return "/".join(map(str, narrowed.choices))
-    return f"{kept_share(original, (narrowed,)):.0%}"
+    trace: list[tuple[int, float]] = []
+    spent = pruned = failed = counted = 0
+    for *_, t in sorted(ended, key=lambda e: e[:3]):
+        spent += _epochs(t) * problem.folds
+        if spent > budget:
+            break
+        counted += 1
+        pruned += t.state is TrialState.PRUNED
+        failed += t.state is TrialState.FAIL
+        trace.append((spent, float(t.value) if t.state is TrialState.COMPLETE else math.nan))  # type: ignore[arg-type]
+    return Run(seed, trace, counted, pruned, failed, stages, wall)
 
 
 def quartiles(xs: Sequence[float]) -> tuple[float, float, float]:
@@ -264,102 +370,81 @@ def quartiles(xs: Sequence[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def near_share(runs: Sequence[Run], half: int, near: Callable[[Run, dict[str, Any], float], bool]) -> str:
-    """The share of the finished trials of ``half`` of the budget, pooled over seeds, that are near the optimum."""
-    hits = sum(sum(not math.isnan(v) and near(r, p, v) for p, v in r.half(half)) for r in runs)
-    total = sum(len(r.half(half)) for r in runs)
-    return f"{hits / total:.0%}" if total else "-"
-
-
-def label(strategy: str, budget: int) -> str:
-    coarse = budget // 2
-    return {"random": f"random {budget}", "tpe": f"tpe {budget}", "c2f": f"random {coarse} > tpe {budget - coarse}",
-            "c2f-ws": f"random {coarse} > tpe {budget - coarse} ws{WARM_START}"}[strategy]
-
-
-def report(problem: Problem, results: dict[str, list[Run]], budget: int, args: argparse.Namespace) -> None:
+def report(problem: Problem, results: dict[str, list[Run]], args: argparse.Namespace) -> None:
+    trials, epochs = args.trials or problem.trials, args.epochs or problem.epochs
+    budget = trials * epochs * problem.folds
     seeds = [r.seed for r in next(iter(results.values()))]
-    ref = {s: min(r.best for runs in results.values() for r in runs if r.seed == s) for s in seeds}
-
-    def near(run: Run, params: dict[str, Any], value: float) -> bool:
-        return problem.near(params, value, ref[run.seed])
-
-    print(f"\n== {problem.name}: {problem.about}; budget {budget}, seeds {seeds[0]}..{seeds[-1]} ==")
-    print(f"near = {problem.near_text}; near 1st/2nd half: share of the finished trials of that half of the "
-          "budget, pooled over seeds; any 1st / any near: seeds with a near trial in the 1st half / at all; best near: "
-          "seeds whose best trial is near")
-    print(f"{'strategy':<26} {'median best':>11} {'q1..q3':>15} {'min..max':>15} "
-          f"{'near 1st':>8} {'near 2nd':>8} {'any 1st':>7} {'any near':>8} {'best near':>9} {'pruned':>6} {'failed':>6} "
-          f"{'wall s':>7}")
+    sign = 1 if problem.direction == "minimize" else -1
+    print(f"\n== {problem.name}: {problem.about}; {problem.metric} ({problem.direction}); budget B = {budget} epochs "
+          f"({trials} trials x {epochs} epochs" + (f" x {problem.folds} folds" if problem.folds > 1 else "")
+          + f"); seeds {seeds[0]}..{seeds[-1]} ==")
+    target = {r.seed: r.best(problem) for r in results.get("random", [])}
+    print(f"{'strategy':<8} {'median best':>11} {'q1..q3':>17} {'to random best':>14} {'reached':>7} "
+          f"{'trials':>6} {'pruned':>6} {'failed':>6} {'wall s':>7}")
     for strategy, runs in results.items():
-        bests = sorted(r.best for r in runs)
+        bests = sorted((r.best(problem) for r in runs), key=lambda v: sign * v)
         q1, q2, q3 = quartiles(bests)
-        best_near = sum(near(r, *r.best_trial) for r in runs)
-        any_near = sum(any(not math.isnan(v) and near(r, p, v) for p, v in r.finished) for r in runs)
-        any_first = sum(any(not math.isnan(v) and near(r, p, v) for p, v in r.half(0)) for r in runs)
-        print(f"{label(strategy, budget):<26} {q2:>11.4g} {f'{q1:.3g}..{q3:.3g}':>15} "
-              f"{f'{bests[0]:.3g}..{bests[-1]:.3g}':>15} {near_share(runs, 0, near):>8} "
-              f"{near_share(runs, 1, near):>8} {f'{any_first}/{len(runs)}':>7} {f'{any_near}/{len(runs)}':>8} {f'{best_near}/{len(runs)}':>9} {sum(r.pruned for r in runs):>6} "
-              f"{sum(r.failed for r in runs):>6} {sum(r.wall_s for r in runs):>7.1f}")
-    print("best per seed:")
+        if target:
+            need = sorted(r.epochs_to_reach(problem, target[r.seed]) for r in runs)
+            med = statistics.median(need)
+            reach = f"{med / budget:.0%} of B" if math.isfinite(med) else "> B"
+            reached = f"{sum(math.isfinite(n) for n in need)}/{len(runs)}"
+        else:
+            reach = reached = "-"
+        print(f"{strategy:<8} {q2:>11.4g} {f'{q1:.4g}..{q3:.4g}':>17} {reach:>14} {reached:>7} "
+              f"{statistics.median(r.trials for r in runs):>6g} {sum(r.pruned for r in runs):>6} "
+              f"{sum(r.failed for r in runs):>6} {sum(r.wall_s for r in runs):>7.0f}")
+    names = list(results)
+    print("paired by seed, wins/ties/losses of the row against the column (best at B):")
+    print(f"{'':<8} " + " ".join(f"{n:>10}" for n in names))
+    for a in names:
+        cells = []
+        for b in names:
+            if a == b:
+                cells.append(f"{'-':>10}")
+                continue
+            pairs = [(x.best(problem), y.best(problem)) for x, y in zip(results[a], results[b], strict=True)]
+            wins = sum(problem.better(x, y) for x, y in pairs)
+            losses = sum(problem.better(y, x) for x, y in pairs)
+            cells.append(f"{f'{wins}/{len(pairs) - wins - losses}/{losses}':>10}")
+        print(f"{a:<8} " + " ".join(cells))
+    print("best at B per seed:")
     for strategy, runs in results.items():
-        print(f"  {strategy:<8} " + "  ".join(f"{r.best:.4g}" for r in runs))
-    others = [s for s in results if not s.startswith("c2f")]
-    for strategy in (s for s in results if s.startswith("c2f")):
-        wins = ", ".join(f"than {o} in {sum(c.best < r.best for c, r in zip(results[strategy], results[o], strict=True))}"
-                         f"/{len(seeds)}" for o in others)
-        if wins:
-            print(f"{strategy} better {wins} seeds (ties count as not better)")
-    for strategy in (s for s in results if s.startswith("c2f")):
-        runs = results[strategy]
-        stages = {name: [r.per_stage[name] for r in runs] for name in runs[0].per_stage}
-        print(f"{strategy} budget: " + ", ".join(f"{n} {min(c)}..{max(c)} finished trials" for n, c in stages.items())
-              + f"; {sum(r.pruned for r in runs)} pruned and {sum(r.failed for r in runs)} failed over all seeds")
-        spec_space = parse_space(study_dict(problem, strategy, 0, budget, args)["space"])
-        shares = {p.name: [kept_share(p, r.fine_space) for r in runs] for p in spec_space
-                  if not isinstance(p, CategoricalParam)}
-        print(f"{strategy} fine-stage space: median share of each range kept (log scale for log params): "
-              + ", ".join(f"{n} {statistics.median(v):.0%}" for n, v in shares.items())
-              + (f"; optimum inside the fine space in {sum(contains(r.fine_space or (), problem.optimum) for r in runs)}"
-                 f"/{len(runs)} seeds" if problem.optimum is not None else ""))
-        print(f"{strategy} fine-stage space per seed (numeric: share of the range kept; categorical: choices kept):")
-        for r in runs:
-            fine = {p.name: p for p in r.fine_space or ()}
-            parts = [f"{p.name} {kept_text(p, fine[p.name]) if p.name in fine else 'dropped'}" for p in spec_space]
-            outside = ""
-            if problem.optimum is not None:
-                missed = [p.name for p in spec_space if p.name in problem.optimum
-                          and (p.name not in fine or not contains((dataclasses.replace(fine[p.name], when=()),),
-                                                                  {p.name: problem.optimum[p.name]}))]
-                outside = f"; optimum's value excluded for: {', '.join(missed) or 'none'}"
-            print(f"  seed {r.seed}: " + ", ".join(parts) + outside)
-        pairs = [pair for r in runs for pair in r.repeats]
-        if pairs:
-            deltas = sorted(abs(b - a) / abs(a) if a else abs(b - a) for a, b in pairs)
-            worse = sum(b > a for a, b in pairs)
-            print(f"{strategy} warm start: {len(pairs)} coarse configurations re-run in the fine stage (a new trial seed); "
-                  f"value changed by median {statistics.median(deltas):.1%} (max {deltas[-1]:.1%}), "
-                  f"worse on re-run {worse}/{len(pairs)}")
+        print(f"  {strategy:<8} " + "  ".join(f"{r.best(problem):.4g}" for r in runs))
+    if target:
+        print("epochs to reach random's best, per seed (- : not within B):")
+        for strategy, runs in results.items():
+            print(f"  {strategy:<8} " + "  ".join(
+                f"{n:g}" if math.isfinite(n := r.epochs_to_reach(problem, target[r.seed])) else "-" for r in runs))
+    for strategy, runs in results.items():
+        if len(runs[0].stages) > 1:
+            shapes = sorted({" > ".join(f"{n} {c}" for n, c in r.stages) for r in runs})
+            print(f"{strategy} stages (trials started in each): " + " | ".join(shapes[:4])
+                  + (f" | ... ({len(shapes)} shapes)" if len(shapes) > 4 else ""))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
-    parser.add_argument("--budget", type=int, default=60, help="finished trials per strategy (default 60)")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default 10)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
     parser.add_argument("--only", default=",".join(PROBLEMS), help=f"comma-separated subset of {','.join(PROBLEMS)}")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help=f"subset of {','.join(STRATEGIES)}")
-    parser.add_argument("--epochs", type=int, default=40, help="cars93: epochs per trial (default 40)")
-    parser.add_argument("--patience", type=int, default=8, help="cars93: early stopping (default 8)")
-    parser.add_argument("--workers", type=int, default=2, help="cars93: local workers (default 2)")
+    parser.add_argument("--trials", type=int, default=0, help="random's budget in full-length trials "
+                        "(default: the problem's)")
+    parser.add_argument("--epochs", type=int, default=0, help="epochs of a full-length trial (default: the problem's)")
+    parser.add_argument("--fuse", type=int, default=1, help="executor.fuse of the trained problems: trials asked "
+                        "and trained at once as one pack, a k-fold trial's folds as members (default 1)")
     args = parser.parse_args()
     problems = [p.strip() for p in args.only.split(",") if p.strip()]
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    for name, allowed in ((problems, PROBLEMS), (strategies, STRATEGIES)):
-        bad = [x for x in name if x not in allowed]
+    for chosen, allowed in ((problems, PROBLEMS), (strategies, STRATEGIES)):
+        bad = [x for x in chosen if x not in allowed]
         if bad:
             parser.error(f"unknown {bad[0]!r}; choose from {', '.join(allowed)}")
-    if args.budget < 8:
-        parser.error("--budget must be at least 8 (the coarse stage needs 4 complete trials to narrow on)")
+    if args.trials and args.trials < 8:
+        parser.error("--trials must be at least 8 (the coarse stages need 4 complete trials to narrow on)")
+    if args.epochs and args.epochs < 8:
+        parser.error("--epochs must be at least 8 (the recipe's coarse stage trains an eighth of them)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     import torch
 
@@ -367,18 +452,16 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; "
           f"Python {platform.python_version()}, torch {torch.__version__}, Optuna {optuna.__version__}, "
           f"hpsearch {hpsearch_version}")
-    print(f"strategies at {args.budget} finished trials: " + "; ".join(f"{s} = {label(s, args.budget)}"
-                                                                      for s in strategies)
-          + f"; narrow {NARROW}" + (f", epochs {args.epochs}, patience {args.patience}, {args.workers} workers"
-                                    if "cars93" in problems else ""))
     started = time.perf_counter()
     for name in problems:
         problem = PROBLEMS[name]
         results: dict[str, list[Run]] = {s: [] for s in strategies}
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for strategy in strategies:
-                results[strategy].append(run_one(problem, strategy, seed, args.budget, args))
-        report(problem, results, args.budget, args)
+                results[strategy].append(run := run_one(problem, strategy, seed, args))
+                print(f"  [{name} seed {seed} {strategy}: best {run.best(problem):.4g}, {run.trials} trials, "
+                      f"{run.wall_s:.0f} s]", file=sys.stderr, flush=True)
+        report(problem, results, args)
     print(f"\ntotal wall time: {time.perf_counter() - started:.0f} s")
 
 

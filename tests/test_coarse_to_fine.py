@@ -218,6 +218,20 @@ def test_a_later_stage_samples_from_the_earlier_trials_inside_its_space(workdir:
     assert code == 0 and f"sampler of fine started from {len(inside)} trial(s) of coarse as history" in out
 
 
+def test_the_pruner_judges_a_stage_by_its_own_trials_not_the_prior_ones(workdir: Path) -> None:
+    """Prior trials have no curves, but a pruner that counted them would start pruning before the stage
+    had its own start-up trials: here the second trial, against the first alone (anything worse than the
+    best 1 % at any epoch once two trials are complete)."""
+    pruner = {"kind": "percentile", "percentile": 1.0, "startup_trials": 2, "warmup_epochs": 0}
+    study = _two_stages({"prior_trials": "same", "warm_start": 0, "pruner": pruner})
+    study["executor"] = {"kind": "local", "workers": 1}
+    code, out, err = cli("run", str(write_study(workdir, study)))
+    assert code == 0, err
+    assert _study("fine").user_attrs["prior_trials"]["trials"] >= 2
+    first, second = sorted(_study("fine").trials, key=lambda t: t.number)[:2]
+    assert first.state is TrialState.COMPLETE and second.state is TrialState.COMPLETE
+
+
 def test_trials_trained_differently_only_narrow(workdir: Path) -> None:
     from hpsearch.spec import load_spec
     from hpsearch.stages import prior_trials

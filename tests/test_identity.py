@@ -51,12 +51,24 @@ def test_a_stage_stores_the_study_file_after_set_and_the_versions(workdir: Path)
 def test_every_command_refuses_a_changed_study_in_one_line(workdir: Path, override: str, path: str, change: str) -> None:
     study = _started(workdir)
     before = len(_stage().trials)
-    for command in ("run", "status", "best"):
-        code, out, err = cli(command, str(study), "--set", "model.hidden=[8]", "--set", override)
+    commands = [("run",), ("status",), ("best",), ("export", "--out", "trials.csv"), ("report", "--out", "report"),
+                ("predict", "--input", "data/cars93.csv", "--out", "predictions.csv")]
+    for command, *options in commands:
+        code, out, err = cli(command, str(study), *options, "--set", "model.hidden=[8]", "--set", override)
         assert code == 2, (command, out, err)
         assert err.count("\n") == 1 and err.startswith(f"hpsearch: error: {path}: changed since stage coarse"), err
         assert change in err and "--force-resume" in err and "Traceback" not in err
     assert len(_stage().trials) == before  # nothing ran
+    assert not any(Path(p).exists() for p in ("trials.csv", "report", "predictions.csv"))  # nothing written
+
+
+def test_the_device_may_change_where_trials_train(workdir: Path) -> None:
+    """Where a trial runs is placement, like the executor: a study started on CPUs goes on elsewhere."""
+    study = _started(workdir)
+    code, _, err = cli("run", str(study), "--set", "model.hidden=[8]", "--set", "train.device=auto",
+                       "--set", "stages.0.trials=3")
+    assert code == 0, err
+    assert len(_stage().trials) == 3 and ATTR_FORCED not in _stage().user_attrs
 
 
 def test_budgets_executor_and_pruner_may_change(workdir: Path) -> None:

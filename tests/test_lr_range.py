@@ -120,9 +120,10 @@ def test_the_stage_sets_the_lr_range_of_later_stages_and_resumes_after_sigkill_w
     curves = _attrs("range")[ATTR_CURVES + "adam"]
     assert len(curves["seeds"]) == 2 and 10 < len(curves["losses"][0]) <= 200
 
-    done = cli_process("run", str(path), cwd=workdir)
+    done = cli_process("run", str(path), "--set", "stages.0.max=1", cwd=workdir)  # a changed test is said so
     assert done.returncode == 0, done.stderr
     assert "stage range: skipped, its lr range test finished in an earlier run: lr " in done.stderr
+    assert "it ran with max 10 (now 1): the stored result stands" in done.stderr
     assert "lr range test, sgd" not in done.stderr  # not tested again
     assert _attrs("range")[ATTR_LR_RANGE] == result
     lr = next(p for p in parse_space(_attrs("coarse")[ATTR_SPACE]) if p.name == "lr")
@@ -135,6 +136,15 @@ def test_the_stage_sets_the_lr_range_of_later_stages_and_resumes_after_sigkill_w
     code, out, _ = cli("status", str(path))
     assert code == 0
     assert f"lr range test range: lr {low:.3g}..{high:.3g}" in out
+    code, _, err = cli("run", str(path))
+    assert code == 0 and "is done" in err and "--set stages.1.trials=N" in err  # the range stage has no trials
+
+    code, _, err = cli("report", str(path), "--out", "report")
+    assert code == 0, err
+    page = (workdir / "report" / "index.html").read_text(encoding="utf-8")
+    assert "Learning-rate range test" in page and f"lr range test range: lr {low:.3g}..{high:.3g}" in page
+    # No empty figures or notes of a stage without trials.
+    assert not any(f"range: {note}" in page for note in ("importances", "no complete trial", "not started"))
     assert "space of coarse (as written -> searched):\n  lr 0.0001..0.1 log -> " in out
 
 
@@ -154,3 +164,20 @@ def test_a_run_killed_during_the_test_tests_again(workdir: Path) -> None:
     assert ATTR_LR_RANGE not in _attrs("range")  # nothing recorded as finished
     code, out, _ = cli("status", str(path))
     assert code == 0 and "lr range test range: not finished" in out
+
+
+def test_an_optimizer_without_a_range_leaves_the_others_range_standing() -> None:
+    from hpsearch.lr_range import combined
+    from hpsearch.train.lr_range import RangeResult, RangeSettings, Suggestion
+
+    def result(optimizer: str, suggestion: Suggestion | None, message: str) -> RangeResult:
+        return RangeResult(optimizer, RangeSettings(), (), suggestion, message, fused=False, duration_s=0.0)
+
+    sgd = result("sgd", None, "no suggestion: the loss never fell clearly")
+    adam = result("adam", Suggestion(1e-4, 1e-2, "descent", "divergence"), "lr 0.0001..0.01")
+    momentum = result("momentum", Suggestion(1e-3, 1e-1, "descent", "divergence"), "lr 0.001..0.1")
+    found, message = combined([sgd, adam, momentum])
+    assert found is not None and (found.low, found.high) == (1e-4, 1e-1)
+    assert message.endswith("sgd found none, so the others' range stands for it")
+    assert combined([sgd])[0] is None and combined([sgd])[1] == "sgd: no suggestion: the loss never fell clearly"
+    assert combined([adam]) == (adam.suggestion, "lr 0.0001..0.01")

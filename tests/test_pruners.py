@@ -59,6 +59,40 @@ def test_median_prunes_bad_trials_and_keeps_their_curves(workdir: Path) -> None:
     assert all(sorted(t.intermediate_values) == list(range(1, 9)) for t in complete)
 
 
+@pytest.mark.parametrize("kind", ["successive_halving", "hyperband"])
+def test_rung_pruners_decide_as_in_plain_optuna(workdir: Path, kind: str) -> None:
+    """Successive halving and Hyperband rank a trial against the rungs earlier trials reached, which
+    they store as system attributes. The stage loop keeps ended trials as written, not read back: those
+    must carry the rungs, or a trial meets fewer rivals than it should and is pruned too rarely.
+    Replaying the run's curves, in order, through a plain Optuna study with the same pruner (and the
+    same study name: Hyperband's brackets hash it) must make the same decisions."""
+    options = {"min_resource": 1, "reduction_factor": 3}
+    study = base_study(pruner={"kind": kind, **options}, executor={"kind": "local", "workers": 1})
+    study["space"]["lr"] = {"type": "float", "low": 1e-6, "high": 1e-1, "log": True}
+    study["train"] = {"epochs": 9, "patience": None, "device": "cpu"}
+    study["stages"][0]["trials"] = 16
+    code, out, err = cli("run", str(write_study(workdir, study)))
+    assert code == 0, err
+    trials = optuna.load_study(study_name="cars/coarse", storage="sqlite:///runs/cars.db").trials
+    assert {t.state for t in trials} == {TrialState.PRUNED, TrialState.COMPLETE} and len(trials) == 16
+    pruner = (optuna.pruners.SuccessiveHalvingPruner(**options) if kind == "successive_halving"
+              else optuna.pruners.HyperbandPruner(max_resource=9, **options))
+    replay = optuna.create_study(study_name="cars/coarse", pruner=pruner)
+    for t in sorted(trials, key=lambda t: t.number):
+        trial = replay.ask()
+        assert trial.number == t.number
+        steps = sorted(t.intermediate_values)
+        for step in steps:
+            trial.report(t.intermediate_values[step], step)
+            if trial.should_prune():
+                assert t.state is TrialState.PRUNED and step == steps[-1], (t.number, step, steps)
+                replay.tell(trial, state=TrialState.PRUNED)
+                break
+        else:
+            assert t.state is TrialState.COMPLETE, (t.number, steps)
+            replay.tell(trial, t.value)
+
+
 def test_a_stage_pruner_overrides_the_study_pruner(workdir: Path) -> None:
     study = base_study(pruner={"kind": "median"})
     study["stages"] = [{"name": "coarse", "sampler": "random", "trials": 2},
