@@ -160,6 +160,9 @@ def _resolve_when(param: Param, raw: Any, path: str, categorical: Mapping[str, C
                 + (f"; candidates: {', '.join(parents)}" if parents else "; there is none"),
             )
         values = tuple(values) if isinstance(values, list) else (values,)
+        if not values:
+            raise SpecError(f"{path}.{parent}", f"lists no value, so {param.name} would never be searched; "
+                                                f"name one or more of {', '.join(map(str, parents[parent].choices))}")
         for value in values:
             if value not in parents[parent].choices:
                 raise SpecError(f"{path}.{parent}", f"{value!r} is not a choice of {parent}; {one_of(parents[parent].choices)}")

@@ -214,9 +214,14 @@ _Loader.add_implicit_resolver(
 )
 
 
+MAX_NESTING = 50  # mappings and lists inside each other: a study file needs a handful
+
+
 def parse_yaml(text: str, source: str) -> Any:
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        value = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise SpecError("", f"{source}: is nested more than {MAX_NESTING} levels deep") from None
     except _DuplicateKeyError as exc:
         raise SpecError("", f"{source}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -224,6 +229,23 @@ def parse_yaml(text: str, source: str) -> Any:
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError("", f"{source}:{where} is not valid YAML: {problem}") from None
+    _check_nesting(value, source)
+    return value
+
+
+def _check_nesting(value: Any, source: str) -> None:
+    """Refuse a value that holds itself (a YAML alias such as ``&a [*a]``) or nests past :data:`MAX_NESTING`."""
+    todo: list[tuple[Any, int, tuple[int, ...]]] = [(value, 0, ())]
+    while todo:  # without recursion: the value may be deeper than Python's stack
+        node, depth, inside = todo.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        if id(node) in inside:
+            raise SpecError("", f"{source}: a YAML alias (*name) refers to a value that holds it; write the value out")
+        if depth >= MAX_NESTING:
+            raise SpecError("", f"{source}: is nested more than {MAX_NESTING} levels deep")
+        children = node.values() if isinstance(node, dict) else node
+        todo += [(child, depth + 1, (*inside, id(node))) for child in children]
 
 
 def read_study_file(path: str | Path) -> dict[str, Any]:
@@ -630,7 +652,8 @@ def _narrow(raw: Any, path: str) -> NarrowSpec | None:
     if "top" not in raw:
         raise SpecError(f"{path}.top", "is required: a fraction such as 0.25 (the best quarter) or a count such as 5")
     top = raw["top"]
-    if isinstance(top, bool) or not isinstance(top, (int, float)) or top <= 0 or (isinstance(top, float) and top > 1):
+    if (isinstance(top, bool) or not isinstance(top, (int, float)) or not math.isfinite(top) or top <= 0
+            or (isinstance(top, float) and top > 1) or top > MAX_TRIALS):
         raise SpecError(f"{path}.top", f"must be a fraction in (0, 1] such as 0.25, or a count >= 1 such as 5, got {top!r}")
     margin = float(spec_number(raw.get("margin", 0.1), f"{path}.margin"))
     if margin < 0:
@@ -667,6 +690,8 @@ def _pruner(raw: Any, path: str) -> PrunerSpec | None:
     options: dict[str, Any] = {}
     for key, option in schema.items():
         value = raw.get(key, option.default)
+        if value is None and option.default is not None:
+            raise SpecError(f"{path}.{key}", f"must be a number ({option.doc}), got null; leave it out for {option.default:g}")
         if value is not None:
             value = spec_number(value, f"{path}.{key}", integer=option.kind is int)
             if option.minimum is not None and value < option.minimum:
@@ -674,6 +699,11 @@ def _pruner(raw: Any, path: str) -> PrunerSpec | None:
         options[key] = value
     if kind == "threshold" and options["lower"] is None and options["upper"] is None:
         raise SpecError(path, "pruner threshold needs lower, upper or both, such as {kind: threshold, upper: 1000}")
+    if kind == "threshold" and None not in (options["lower"], options["upper"]) and options["lower"] > options["upper"]:
+        raise SpecError(f"{path}.lower", f"must be at most upper ({options['upper']:g}), got {options['lower']:g}")
+    if kind == "hyperband" and options["max_resource"] and options["min_resource"] > options["max_resource"]:
+        raise SpecError(f"{path}.min_resource", f"must be at most max_resource ({options['max_resource']}), "
+                                                f"got {options['min_resource']}")
     if kind == "percentile" and options["percentile"] > 100:
         raise SpecError(f"{path}.percentile", f"must be in [0, 100], got {options['percentile']}")
     patient = raw.get("patient")

@@ -118,7 +118,18 @@ def check_url(url: str) -> URL:
     if backend == "sqlite" and _in_memory(parsed):
         raise StorageError(f"storage {mask_url(url)} is an in-memory SQLite database: every trial would be lost when "
                            f"the command ends; name a file, such as sqlite:///runs/study.db")
+    unknown = sorted(set(parsed.query) - _SQLITE_OPTIONS) if "uri" not in parsed.query else []
+    if backend == "sqlite" and unknown:  # SQLAlchemy would warn and ignore them (?mode=ro opened read-write)
+        raise StorageError(f"storage {mask_url(url)}: unknown SQLite URL option {unknown[0]!r}; "
+                           f"allowed: {', '.join(sorted(_SQLITE_OPTIONS))} (or a SQLite URI filename with uri=true)")
+    if backend in ("mysql", "mariadb") and not parsed.database:
+        raise StorageError(f"storage {mask_url(url)} names no database; add one after the host, such as "
+                           f"mysql://user@127.0.0.1/hpsearch")
     return parsed
+
+
+# What SQLAlchemy's pysqlite dialect passes on to sqlite3.connect; with uri=true the rest is SQLite's own.
+_SQLITE_OPTIONS = frozenset({"timeout", "check_same_thread", "isolation_level", "detect_types", "cached_statements", "uri"})
 
 
 def _in_memory(parsed: URL) -> bool:

@@ -388,6 +388,31 @@ CASES: list[Case] = [
     Case("--set step that does not divide", "space.lr.step",
          args=("--set", "space.lr={type: float, low: 0.0, high: 0.5, step: 0.3}")),
     Case("--set unknown top key", "epochs", args=("--set", "epochs=3")),
+    # --- found after the first table: each the sample of a class (a null, a nan, an order, a size, a self-reference)
+    Case("narrow.top nan", "stages.1.narrow.top", edit=two_stages({"narrow": {"top": float("nan")}}), command="run"),
+    Case("narrow.top huge", "stages.1.narrow.top", edit=two_stages({"narrow": {"top": 10**30}})),
+    Case("pruner percentile null", "pruner.percentile", edit=put("pruner", {"kind": "percentile", "percentile": None})),
+    Case("pruner startup_trials null", "pruner.startup_trials",
+         edit=put("pruner", {"kind": "median", "startup_trials": None}), command="run"),
+    Case("pruner threshold lower above upper", "pruner.lower",
+         edit=put("pruner", {"kind": "threshold", "lower": 5, "upper": 1}), command="run"),
+    Case("pruner hyperband min above max", "pruner.min_resource",
+         edit=put("pruner", {"kind": "hyperband", "min_resource": 10, "max_resource": 2}), command="run"),
+    Case("storage mysql without a database", "storage", edit=put("storage", "mysql://root@127.0.0.1:3306/"),
+         command="status"),
+    Case("storage sqlite unknown option", "storage", edit=put("storage", "sqlite:///runs/cars.db?mode=ro"), command="run"),
+    Case("file recursive alias", "study.yaml", text=study_text(append="artifacts: &a [*a]\n")),
+    Case("--set recursive alias", "--set keep", args=("--set", "keep=&a [*a]")),
+    Case("file nested too deep", "study.yaml", text=study_text(append="keep: " + "[" * 5000 + "]" * 5000 + "\n")),
+    Case("data duplicate column", "'Price' appears more than once", command="run",
+         setup=lambda d: (d / "data" / "cars93.csv").write_text(
+             (d / "data" / "cars93.csv").read_text().replace("Max.Price", "Price", 1))),
+    Case("when lists no value", "space.momentum.when.optimizer", edit=put("space.momentum.when", {"optimizer": []})),
+    Case("train.epochs absurd", "train.epochs", edit=put("train.epochs", 10**12)),
+    Case("train.batch_size absurd", "train.batch_size: must be at most", command="run",
+         edit=both(drop("space.batch_size"), put("train.batch_size", 10**12))),
+    Case("model layers absurd", "model.layers", edit=put("model", {"kind": "mlp", "layers": 10**9, "width": 1})),
+    Case("model hidden absurd", "model.hidden", edit=put("model.hidden", [16] * 5000)),
 ]
 
 if torch.cuda.is_available():  # cases that need a machine without a GPU

@@ -61,10 +61,15 @@ def non_negative_float(key: str, value: Any) -> float:
     return number
 
 
+MAX_COUNT = 10_000_000  # epochs, patience, batch size, step size: far past any real run, short of absurd
+
+
 def positive_int(key: str, value: Any) -> int:
     number = as_int(key, value)
     if number < 1:
         raise ConfigError(key, f"must be >= 1, got {value!r}")
+    if number > MAX_COUNT:
+        raise ConfigError(key, f"must be at most {MAX_COUNT}, got {number:.3g}")
     return number
 
 

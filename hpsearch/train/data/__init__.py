@@ -238,6 +238,12 @@ def check_data(cfg: DataConfig) -> None:
         if cfg.csv is not None:
             import pandas as pd
 
+            first: list[Any] = list(pd.read_csv(path, nrows=1, header=None).iloc[0]) if os.path.getsize(path) else []
+            header = [str(c) for c in first if not pd.isna(c)]  # empty names become Unnamed: N, each its own
+            twice = sorted({c for c in header if header.count(c) > 1})
+            if twice:  # pandas would rename the second to NAME.1 and train on the wrong one
+                raise DataError(f"{field}: column {twice[0]!r} appears more than once in the header of {path}; "
+                                "give each column its own name")
             columns = [str(c) for c in pd.read_csv(path, nrows=0).columns]
         else:
             import pyarrow.parquet as pq

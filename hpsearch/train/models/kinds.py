@@ -17,6 +17,8 @@ from hpsearch.values import as_int, check_keys
 if TYPE_CHECKING:
     from torch import nn
 
+MAX_LAYERS = 1000  # a sane cap: larger sizes only exhaust memory before anything is said
+MAX_WIDTH = 1_000_000
 MLP_KNOBS = ("dropout", "layers", "width", "activation", "init", "batch_norm")
 CNN_KNOBS = ("dropout", "channels", "blocks", "kernel_size", "activation", "init", "batch_norm")
 TRANSFORMER_KNOBS = ("dropout", "d_model", "heads", "layers", "ff_mult", "activation", "init")
@@ -40,8 +42,8 @@ def parse_mlp(section: Mapping[str, Any], knobs: Mapping[str, Any]) -> MlpConfig
         raise ConfigError("model.hidden", "give either hidden or layers + width, not both")
     if read.given("layers") or read.given("width"):
         # layers + width describe equal widths; a knob missing here keeps the shape of `hidden`
-        layers = read.integer("layers", len(hidden), low=0)
-        width = read.integer("width", hidden[0] if hidden else 64)
+        layers = read.integer("layers", len(hidden), low=0, high=MAX_LAYERS)
+        width = read.integer("width", hidden[0] if hidden else 64, high=MAX_WIDTH)
         hidden = (width,) * layers
     return MlpConfig(
         hidden=hidden,
@@ -58,6 +60,8 @@ def _hidden(raw: Any) -> tuple[int, ...]:
     hidden = tuple(as_int("model.hidden", h) for h in raw)
     if any(h < 1 for h in hidden):
         raise ConfigError("model.hidden", f"every width must be >= 1, got {list(raw)!r}")
+    if len(hidden) > MAX_LAYERS or any(h > MAX_WIDTH for h in hidden):
+        raise ConfigError("model.hidden", f"at most {MAX_LAYERS} layers of at most {MAX_WIDTH} units each")
     return hidden
 
 
