@@ -8,6 +8,8 @@ result (an inf target, one class) and a CUDA device this machine does not have a
 
 from __future__ import annotations
 
+from typing import Any
+
 from hpsearch.errors import ConfigError, DataError, HpsearchError, SpecError
 from hpsearch.executors.base import ExecutorSpec
 from hpsearch.space import corner_configs
@@ -22,7 +24,7 @@ _MAX_BUILDS = 64
 
 def preflight(spec: StudySpec) -> None:
     """Check the data file, load the data, and build the model for corner configurations."""
-    from hpsearch.train.models import build_model_for
+    from hpsearch.train.models import build_model_for, model_kind
     from hpsearch.train.optim.groups import param_groups
 
     check_data(spec.data)
@@ -36,12 +38,17 @@ def preflight(spec: StudySpec) -> None:
         raise DataError(f"loading the data called sys.exit({exc.code!r})") from None
     check_dataset(data, f"data {spec.data.path}")
     checked_devices: set[str] = set()
+    checked_output = False
     for config in corner_configs(spec.space, _MAX_BUILDS) or [{}]:
         knobs = {**spec.train, **config}
         try:
             train_config = build_train_config(spec.model, knobs, task=spec.task, monitor=spec.metric,
                                               maximize=spec.maximize, seed=spec.seed)
-            param_groups(build_model_for(train_config.model, data), train_config)
+            model = build_model_for(train_config.model, data)
+            param_groups(model, train_config)
+            if not checked_output and model_kind(spec.model) == "python":
+                checked_output = True
+                _check_output(model, data)
         except ConfigError as exc:
             raise SpecError(knob_path(exc.key, config), exc.message) from exc
         except HpsearchError:
@@ -53,6 +60,20 @@ def preflight(spec: StudySpec) -> None:
         if train_config.device not in checked_devices:
             checked_devices.add(train_config.device)
             _check_device(train_config.device, spec.executor, knob_path("device", config))
+
+
+def _check_output(model: Any, data: Any) -> None:
+    """A user model's output for two training rows has the shape the loss needs, or every trial would fail."""
+    import torch
+
+    with torch.no_grad():
+        out = model.eval()(data.x_train[:2])
+    want = (2, data.n_outputs)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if shape != want and not (data.task == "regression" and shape == (2,)):
+        what = f"a tensor of shape {list(shape)}" if shape is not None else f"a {type(out).__name__}"
+        raise SpecError("model.python", f"the model returns {what} for a batch of 2 rows; a {data.task} model must "
+                                        f"return [batch, {data.n_outputs}] ({'one value' if data.task == 'regression' else 'one score a class'} a row)")
 
 
 def _check_device(device: str, executor: ExecutorSpec, path: str) -> None:

@@ -211,6 +211,7 @@ CASES: list[Case] = [
     Case("data.target also dropped", "data.drop", edit=put("data.drop", ["Model", "Price"])),
     Case("data.task unknown", "data.task", edit=put("data.task", "regresion")),
     Case("data.task a list", "data.task", edit=put("data.task", ["regression"])),
+    Case("data.task missing", "data.task: is required", edit=drop("data.task")),
     Case("data.drop a number", "data.drop", edit=put("data.drop", 7)),
     Case("data.drop not a column", "data.drop", edit=put("data.drop", ["Nope"])),
     Case("data.val_fraction 0", "data.val_fraction", edit=put("data.val_fraction", 0)),
@@ -413,6 +414,17 @@ CASES: list[Case] = [
          edit=both(drop("space.batch_size"), put("train.batch_size", 10**12))),
     Case("model layers absurd", "model.layers", edit=put("model", {"kind": "mlp", "layers": 10**9, "width": 1})),
     Case("model hidden absurd", "model.hidden", edit=put("model.hidden", [16] * 5000)),
+    Case("model.python output of the wrong shape", "model.python", command="run",
+         edit=put("model", {"python": "bi_wide:build"}),
+         setup=module("bi_wide", "import torch\n\ndef build(inputs):\n"
+                                 "    return torch.nn.Linear(inputs.input_shape[0], 5)\n")),
+    Case("model.python output not a tensor", "model.python",
+         edit=put("model", {"python": "bi_tuple:build"}),
+         setup=module("bi_tuple", "import torch\n\nclass Net(torch.nn.Module):\n"
+                                  "    def __init__(self, n):\n        super().__init__()\n"
+                                  "        self.layer = torch.nn.Linear(n, 1)\n"
+                                  "    def forward(self, x):\n        return self.layer(x), x\n\n"
+                                  "def build(inputs):\n    return Net(inputs.input_shape[0])\n")),
 ]
 
 if torch.cuda.is_available():  # cases that need a machine without a GPU

@@ -184,6 +184,8 @@ def _python_config(raw: Mapping[str, Any], seed: int) -> DataConfig:
 
 
 def _task(task: Any, allowed: tuple[str, ...], where: str = "") -> str:
+    if task is None:
+        raise ConfigError("task", f"is required{where}: say what the target is; {one_of(allowed)}")
     if task not in allowed:
         hint = did_you_mean(task, allowed) if isinstance(task, str) else ""
         raise ConfigError("task", f"unknown task {task!r}{where}{hint}; {one_of(allowed)}")
