@@ -21,7 +21,7 @@ from hpsearch.errors import ConfigError, HpsearchError, SpecError
 from hpsearch.space import CategoricalParam, FloatParam, IntParam, Param, is_active
 from hpsearch.spec import StudySpec
 from hpsearch.train.config import TrainConfig, build_train_config
-from hpsearch.train.lr_range import RangeResult, RangeSettings, Suggestion, parse_settings, range_test
+from hpsearch.train.lr_range import RangeResult, RangeSettings, Suggestion, parse_settings, range_tests
 
 CURVES_FILE = "curves.csv"
 PLOT_FILE = "lr_range.png"
@@ -107,7 +107,8 @@ def run(spec: StudySpec, settings: RangeSettings) -> list[Tested]:
     found = probes(spec, settings)
     data = load_dataset(spec.data)
     fuse = spec.executor.fuse > 1
-    return [Tested(p, range_test(p.config, data, settings, fuse=fuse)) for p in found]
+    results = range_tests([p.config for p in found], data, settings, fuse=fuse)
+    return [Tested(p, r) for p, r in zip(found, results, strict=True)]
 
 
 def combined(results: list[RangeResult]) -> tuple[Suggestion | None, str]:
@@ -140,8 +141,8 @@ def format_results(spec: StudySpec, settings: RangeSettings, tested: list[Tested
     for t in tested:
         r = t.result
         held = ", ".join(f"{k}={_short(v)}" for k, v in t.probe.params.items() if k != "optimizer")
-        how = "fused" if r.fused else "one after another"
-        lines.append(f"  {r.optimizer}{f' ({held})' if held else ''}: {r.message} [{how}, {r.duration_s:.1f} s]")
+        how = f"fused, {r.duration_s:.1f} s the pack" if r.fused else f"one after another, {r.duration_s:.1f} s"
+        lines.append(f"  {r.optimizer}{f' ({held})' if held else ''}: {r.message} [{how}]")
     suggestion, message = combined([t.result for t in tested])
     if suggestion is None:
         lines.append("no suggested lr range: see above")

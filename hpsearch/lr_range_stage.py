@@ -39,7 +39,7 @@ def run_range_stage(spec: StudySpec, index: int, storage: optuna.storages.BaseSt
     from hpsearch import identity
     from hpsearch.stages import ATTR_SPACE, open_stage_study, stage_space
     from hpsearch.train import load_dataset
-    from hpsearch.train.lr_range import range_test
+    from hpsearch.train.lr_range import range_tests
 
     stage = spec.stages[index]
     study = open_stage_study(spec, stage, storage)
@@ -54,14 +54,15 @@ def run_range_stage(spec: StudySpec, index: int, storage: optuna.storages.BaseSt
     probes = lr_range.probes(spec, settings)
     data = load_dataset(spec.data)
     tested = []
-    for probe in probes:
-        if stop.is_set():  # between two optimizers: the test of one runs to its end (seconds)
+    fuse = spec.executor.fuse > 1  # then every optimizer's repeats train as one pack, where they fuse
+    for group in [probes] if fuse else [[p] for p in probes]:
+        if stop.is_set():  # between two tests: one runs to its end (seconds)
             raise KeyboardInterrupt
-        result = range_test(probe.config, data, settings, fuse=spec.executor.fuse > 1)
-        tested.append(lr_range.Tested(probe, result))
-        study.set_user_attr(ATTR_CURVES + result.optimizer, {"seeds": [c.seed for c in result.curves],
-                                                             "losses": [[_short(x) for x in c.losses] for c in result.curves]})
-        listener.on_note(stage, f"lr range test, {result.optimizer}: {result.message}")
+        for probe, result in zip(group, range_tests([p.config for p in group], data, settings, fuse=fuse), strict=True):
+            tested.append(lr_range.Tested(probe, result))
+            study.set_user_attr(ATTR_CURVES + result.optimizer, {
+                "seeds": [c.seed for c in result.curves], "losses": [[_short(x) for x in c.losses] for c in result.curves]})
+            listener.on_note(stage, f"lr range test, {result.optimizer}: {result.message}")
     suggestion, message = lr_range.combined([t.result for t in tested])
     record = {
         "lr": None if suggestion is None else {"low": suggestion.low, "high": suggestion.high,

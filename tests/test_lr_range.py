@@ -33,8 +33,9 @@ def _attrs(stage: str) -> dict[str, Any]:
     return optuna.load_study(study_name=f"cars/{stage}", storage=open_storage(STORAGE)).user_attrs
 
 
-def test_the_command_prints_a_range_per_optimizer_and_writes_the_curves_and_the_plot(workdir: Path) -> None:
-    path = write_study(workdir, base_study())
+@pytest.mark.parametrize("fuse", [1, 8])
+def test_the_command_prints_a_range_per_optimizer_and_writes_the_curves_and_the_plot(workdir: Path, fuse: int) -> None:
+    path = write_study(workdir, base_study(executor={"kind": "local", "workers": 1, "fuse": fuse}))
     code, out, err = cli("lr-range", str(path), "--steps", "120", "--repeats", "2", "--out", "found")
     assert code == 0, err
     lines = out.splitlines()
@@ -42,6 +43,7 @@ def test_the_command_prints_a_range_per_optimizer_and_writes_the_curves_and_the_
     for optimizer in ("sgd", "momentum", "adam"):
         line = next(x for x in lines if x.startswith(f"  {optimizer} "))
         assert ("high from divergence at" in line and "low from" in line) or "no suggestion:" in line
+        assert ("[fused, " in line) == (fuse > 1), line  # every optimizer's repeats in one pack
     assert "momentum=0.725" in out  # a parameter conditional on the optimizer is held at its middle too
     assert lines[-2].startswith("suggested lr: low ") or lines[-1] == "no suggested lr range: see above"
     with (workdir / "found" / "curves.csv").open() as f:

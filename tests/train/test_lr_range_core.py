@@ -11,7 +11,7 @@ import torch
 
 from hpsearch.errors import ConfigError
 from hpsearch.train import Dataset, TrainConfig, build_train_config
-from hpsearch.train.lr_range import RangeSettings, curve, parse_settings, range_test
+from hpsearch.train.lr_range import RangeSettings, curve, parse_settings, range_test, range_tests
 from hpsearch.train.lr_range._analysis import NEVER_DIVERGED, NEVER_FELL, Watch
 
 
@@ -148,3 +148,24 @@ def test_fused_repeats_follow_their_solo_runs(cars: Dataset) -> None:
         n = min(len(a.losses), len(b.losses)) - 3  # rounding may move the last steps of a blow-up
         assert np.allclose(a.losses[:n], b.losses[:n], rtol=1e-4, atol=1e-6)
     assert (solo.suggestion is None) == (fused.suggestion is None)
+
+
+def test_optimizer_choices_fuse_into_one_pack_and_follow_their_solo_runs(cars: Dataset) -> None:
+    """The tests of a searched optimizer's choices (held knobs of their own) train as members of one
+    stacked model, each kind stepped by its own optimizer over its rows, and each as it would alone."""
+    knobs = [{"optimizer": "sgd"}, {"optimizer": "adam", "beta1": 0.8}, {"optimizer": "momentum", "momentum": 0.7},
+             {"optimizer": "adam"}]
+    configs = [build_train_config({"kind": "mlp", "hidden": [16]}, {**k, "batch_size": 16, "device": "cpu",
+                                                                   "dropout": 0.1},
+                                  task="regression", monitor="val_rmse", maximize=False, seed=3) for k in knobs]
+    settings = parse_settings(1e-6, 10, 100, 2)
+    fused = range_tests(configs, cars, settings, fuse=True)
+    assert [r.optimizer for r in fused] == ["sgd", "adam", "momentum", "adam"] and all(r.fused for r in fused)
+    assert len({r.duration_s for r in fused}) == 1  # one pack
+    for config, together in zip(configs, fused, strict=True):
+        alone = range_test(config, cars, settings)
+        assert not alone.fused
+        for a, b in zip(alone.curves, together.curves, strict=True):
+            assert a.seed == b.seed
+            n = min(len(a.losses), len(b.losses)) - 3  # rounding may move the last steps of a blow-up
+            assert n > 10 and np.allclose(a.losses[:n], b.losses[:n], rtol=1e-4, atol=1e-6), config.optimizer.name

@@ -13,6 +13,7 @@ import torch: :func:`range_test` does, when called.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 import time
 from typing import TYPE_CHECKING
@@ -66,21 +67,39 @@ def range_test(config: TrainConfig, data: Dataset, settings: RangeSettings, *, f
     With ``fuse`` and a config that fuses (:func:`hpsearch.train.fused.fusion_key`), the repeats train
     as members of one stacked model; otherwise one after another.
     """
-    from hpsearch.train.fused.key import fusion_key
+    return range_tests([config], data, settings, fuse=fuse)[0]
+
+
+def range_tests(configs: Sequence[TrainConfig], data: Dataset, settings: RangeSettings, *,
+                fuse: bool = False) -> list[RangeResult]:
+    """:func:`range_test` of each config (an optimizer choice each, say), in order.
+
+    With ``fuse``, the repeats of every config that fuses, of whatever optimizer kind, train as the
+    members of one stacked model when their structure is the same (:func:`._sweep.mixable`); a
+    fused result's ``duration_s`` is its pack's.
+    """
     from hpsearch.train.lr_range import _sweep
 
-    start = time.perf_counter()
-    seeds = [config.seed + r for r in range(settings.repeats)]
-    fused = fuse and settings.repeats > 1 and fusion_key(config) is not None
-    if fused:
-        runs = _sweep.sweep_fused(config, data, settings, seeds)
-    else:
-        runs = [_sweep.sweep(config, data, settings, seed) for seed in seeds]
-    curves = tuple(curve(seed, settings, losses) for seed, losses in zip(seeds, runs, strict=True))
-    suggestion, message = suggest([c.finding for c in curves], settings.max_lr, settings.diverge_factor)
-    return RangeResult(config.optimizer.name, settings, curves, suggestion, message, fused,
-                       time.perf_counter() - start)
+    packs: dict[object, list[int]] = {}
+    for i, config in enumerate(configs):
+        key = _sweep.mixable(config) if fuse else None
+        packs.setdefault(("alone", i) if key is None else key, []).append(i)
+    results: dict[int, RangeResult] = {}
+    for index in packs.values():
+        start = time.perf_counter()
+        members = [(configs[i], configs[i].seed + r) for i in index for r in range(settings.repeats)]
+        fused = len(members) > 1 and _sweep.mixable(configs[index[0]]) is not None and fuse
+        runs = (_sweep.sweep_fused(members, data, settings) if fused
+                else [_sweep.sweep(config, data, settings, seed) for config, seed in members])
+        duration = time.perf_counter() - start
+        for n, i in enumerate(index):
+            seeds = [seed for _, seed in members[n * settings.repeats: (n + 1) * settings.repeats]]
+            mine = runs[n * settings.repeats: (n + 1) * settings.repeats]
+            curves = tuple(curve(seed, settings, losses) for seed, losses in zip(seeds, mine, strict=True))
+            suggestion, message = suggest([c.finding for c in curves], settings.max_lr, settings.diverge_factor)
+            results[i] = RangeResult(configs[i].optimizer.name, settings, curves, suggestion, message, fused, duration)
+    return [results[i] for i in range(len(configs))]
 
 
 __all__ = ["MIN_STEPS", "Finding", "RangeCurve", "RangeResult", "RangeSettings", "Suggestion", "curve",
-           "parse_settings", "range_test", "suggest"]
+           "parse_settings", "range_test", "range_tests", "suggest"]
