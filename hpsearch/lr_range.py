@@ -187,5 +187,6 @@ def write_outputs(spec: StudySpec, tested: list[Tested], out: Path) -> Written:
     curves = out / CURVES_FILE
     writing(curves, "--out", lambda: write_curves(results, curves))
     image = out / PLOT_FILE
-    note = writing(image, "--out", lambda: plot(results, image, f"lr range test of {spec.name}"))
+    chosen, _ = combined(results)
+    note = writing(image, "--out", lambda: plot(results, image, f"lr range test of {spec.name}", chosen))
     return Written(curves, None if note else image, note)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import importlib.util
 from pathlib import Path
 
-from hpsearch.train.lr_range import RangeResult
+from hpsearch.train.lr_range import RangeResult, Suggestion
 
 PLOT_MISSING = "no plot: matplotlib is not installed (pip install 'hpsearch[plot]')"
 
@@ -19,8 +19,12 @@ def available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def plot(results: Sequence[RangeResult], path: Path, title: str) -> str | None:
-    """Draw ``results`` into the PNG ``path``; returns why not when matplotlib is missing, else None."""
+def plot(results: Sequence[RangeResult], path: Path, title: str, chosen: Suggestion | None = None) -> str | None:
+    """Draw ``results`` into the PNG ``path``; returns why not when matplotlib is missing, else None.
+
+    ``chosen``, the range the study takes (the span over the optimizers), is marked in every panel
+    by dashed lines when it differs from the panel's own.
+    """
     if not available():
         return PLOT_MISSING
     import matplotlib
@@ -30,7 +34,7 @@ def plot(results: Sequence[RangeResult], path: Path, title: str) -> str | None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
     for ax, result in zip(axes[0], results, strict=True):
-        _panel(ax, result)
+        _panel(ax, result, chosen)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +43,7 @@ def plot(results: Sequence[RangeResult], path: Path, title: str) -> str | None:
     return None
 
 
-def _panel(ax: object, result: RangeResult) -> None:
+def _panel(ax: object, result: RangeResult, chosen: Suggestion | None) -> None:
     lows = []
     for repeat, c in enumerate(result.curves):
         finite = [(lr, s) for lr, s in zip(c.lrs, c.smoothed, strict=True) if s != float("inf")]
@@ -53,6 +57,9 @@ def _panel(ax: object, result: RangeResult) -> None:
     s = result.suggestion
     if s is not None:
         ax.axvspan(s.low, s.high, color="green", alpha=0.15, label=f"suggested {s.low:.2g}..{s.high:.2g}")  # type: ignore[attr-defined]
+    if chosen is not None and chosen != s:
+        for end, label in ((chosen.low, f"study's range {chosen.low:.2g}..{chosen.high:.2g}"), (chosen.high, None)):
+            ax.axvline(end, color="black", linestyle="--", linewidth=1.0, label=label)  # type: ignore[attr-defined]
     if lows:
         top = max(max(c.smoothed[: max(1, len(c.smoothed) // 20)]) for c in result.curves)
         ax.set_ylim(0.9 * min(lows), 1.5 * top if top != float("inf") else None)  # type: ignore[attr-defined]

@@ -180,7 +180,9 @@ def format_spaces(spec: StudySpec, rows: Sequence[StageStatus]) -> str:
                          f"{r.prior.get('stage')} as history ({r.prior.get('note', '')})")
         changes = space_changes(spec.space, r.space) if r.space is not None else []
         if changes:
-            lines.append(f"space of {r.stage.name} (as written -> searched):")
+            # An lr_range stage searches nothing: what it stores is the space it hands on.
+            what = "handed on" if r.stage.kind == "lr_range" else "searched"
+            lines.append(f"space of {r.stage.name} (as written -> {what}):")
             lines.extend(f"  {c}" for c in changes)
     return "\n".join(lines)
 

@@ -148,6 +148,7 @@ def test_the_stage_sets_the_lr_range_of_later_stages_and_resumes_after_sigkill_w
     # No empty figures or notes of a stage without trials.
     assert not any(f"range: {note}" in page for note in ("importances", "no complete trial", "not started"))
     assert "space of coarse (as written -> searched):\n  lr 0.0001..0.1 log -> " in out
+    assert "space of range (as written -> searched)" not in out
 
 
 def test_a_run_killed_during_the_test_tests_again(workdir: Path) -> None:
