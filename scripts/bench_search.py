@@ -13,6 +13,7 @@ Strategies:
   c2f      the quickstart's coarse to fine: qmc on 2/3 of random's trial count, then TPE narrowed to the
            best quarter (margin 0.1) from the 3 best coarse configurations (warm_start 3), median pruner
            (startup 5, warmup 5), all trials full length
+  c2f-hb   the same stages with tpe-hb's Hyperband pruner in place of the median pruner
   recipe   the issue's recipe: a qmc coarse stage of --trials trials at an eighth of the epochs; TPE fine
            stages of --trials/4 (at least 12) full-length trials, narrowed to the best quarter of the stage before, with the
            short coarse trials as TPE's history (prior_trials: all) and a median pruner (startup 5, warmup
@@ -76,7 +77,7 @@ from hpsearch.train import TrainResult
 from hpsearch.train.result import StopReason
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ("random", "tpe", "tpe-hb", "c2f", "recipe", "recipe-p")
+STRATEGIES = ("random", "tpe", "tpe-hb", "c2f", "c2f-hb", "recipe", "recipe-p")
 NARROW = {"top": 0.25, "margin": 0.1}
 
 ANALYTIC_SPACE: dict[str, Any] = {
@@ -173,10 +174,11 @@ def stages_of(strategy: str, trials: int, epochs: int) -> tuple[list[dict[str, A
     if strategy == "tpe-hb":
         return ([{"name": "main", "sampler": "tpe", "trials": cap, "startup_trials": 10}],
                 {"kind": "hyperband", "min_resource": 1, "reduction_factor": 3})
-    if strategy == "c2f":
+    if strategy in ("c2f", "c2f-hb"):
         return ([{"name": "coarse", "sampler": "qmc", "trials": 2 * trials // 3},
                  {"name": "fine", "sampler": "tpe", "trials": cap, "narrow": dict(NARROW), "warm_start": 3}],
-                {"kind": "median", "startup_trials": 5, "warmup_epochs": 5})
+                {"kind": "median", "startup_trials": 5, "warmup_epochs": 5} if strategy == "c2f"
+                else {"kind": "hyperband", "min_resource": 1, "reduction_factor": 3})
     if strategy in ("recipe", "recipe-p"):
         # The coarse stage: `recipe` trains every trial for an eighth of the epochs; `recipe-p` trains full
         # length and lets the median pruner stop the bad ones (so its trials also serve as TPE's history).

@@ -148,7 +148,7 @@ def test_defaults_of_new_kinds() -> None:
         ({"kind": "cnn", "init": "he"}, {}, "model.init", "unknown init 'he'; one of: default, kaiming, xavier"),
         ({"kind": "mlp", "batch_norm": "yes"}, {}, "model.batch_norm", "must be true or false, got 'yes'"),
         ({"kind": "mlp", "hidden": [8], "layers": 2}, {}, "model.hidden", "either hidden or layers + width"),
-        ({"kind": "mlp"}, {"width": 0}, "width", "must be >= 1, got 0"),
+        ({"kind": "mlp"}, {"width": 0}, "width", "must be in [1, 1000000], got 0"),
         ({"kind": "cnn", "kernel_size": 4}, {}, "model.kernel_size", "must be odd"),
         ({"kind": "cnn", "blocks": 0}, {}, "model.blocks", "must be in [1, 8]"),
         ({"kind": "cnn", "hidden": [3]}, {}, "model.hidden", "unknown key"),
