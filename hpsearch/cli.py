@@ -25,6 +25,7 @@ from hpsearch import __version__
 from hpsearch.errors import (
     HpsearchError,
     RunAbortedError,
+    SpecError,
     StageFailedError,
     StorageUnavailableError,
     one_line,
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", parents=[common], help="predict new rows with a kept model (keep: best|all)")
     predict.add_argument("--input", required=True, metavar="FILE", help="rows to predict: FILE.csv or FILE.parquet")
     predict.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet: the rows and their predictions")
-    predict.add_argument("--trial", type=int, metavar="N", help="the model of trial N (default: the study's best trial)")
+    predict.add_argument("--trial", metavar="N", help="the model of trial N (default: the study's best trial)")
     predict.add_argument("--stage", metavar="NAME", help="the stage of --trial, or whose best trial to use")
     export = sub.add_parser("export", parents=[common], help="write one row per trial to a CSV or Parquet file")
     export.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
@@ -280,11 +281,23 @@ def _best(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     return 0
 
 
+def _trial_number(text: str) -> int:
+    """``--trial``'s value: a trial number, or one line saying what is allowed."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise SpecError("--trial", f"must be a trial number such as 12, got {text!r}") from None
+    if number < 0:
+        raise SpecError("--trial", f"must be >= 0, got {number}")
+    return number
+
+
 def _predict(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from hpsearch import predict
 
+    trial = None if args.trial is None else _trial_number(args.trial)
     spec = _load(args)
-    kept, rows = predict.predict_file(spec, _checked_storage(spec), args.input, args.out, trial=args.trial,
+    kept, rows = predict.predict_file(spec, _checked_storage(spec), args.input, args.out, trial=trial,
                                       stage=args.stage)
     stderr.write(f"hpsearch: wrote {rows} prediction(s) of trial {kept.trial} of stage {kept.stage} to {args.out}\n")
     return 0

@@ -300,6 +300,9 @@ class StageRun:
                     self._deadline = None  # no new trial starts; running ones finish
                     self._ended = True
                     self.study.set_user_attr(ATTR_ENDED, {"reason": "timeout", "budget": self.stage.trials})
+                    self.listener.on_note(self.stage, f"its timeout ({self.stage.timeout:g} s) is reached: no new trial "
+                                                      f"starts ({self.claims.finished(self.budget)} of {self.budget} "
+                                                      f"finished, {len(self.running)} running)")
                 self._fill()
                 if not self.running and self._over():
                     break

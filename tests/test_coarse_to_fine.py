@@ -132,6 +132,7 @@ def test_a_timed_out_stage_is_over_and_the_next_narrows_from_it(workdir: Path) -
     assert code == 0, err
     coarse_done = _finished("coarse")
     assert 0 < coarse_done < 500 and _study("coarse").user_attrs["ended"] == {"reason": "timeout", "budget": 500}
+    assert "stage coarse: its timeout (3 s) is reached: no new trial starts (" in err  # said, not silent
     assert _finished("fine") == 4
     code, out, err = cli("run", str(path))
     assert code == 0 and f"study cars is done (coarse {coarse_done}/500 (ended by its timeout), fine 4/4)" in err
