@@ -103,8 +103,10 @@ def _parse_categorical(name: str, body: Mapping[str, Any], path: str) -> Param:
     for i, choice in enumerate(choices):
         if choice is not None and not isinstance(choice, (bool, int, float, str)):
             raise SpecError(f"{path}.choices.{i}", f"must be a string, number, boolean or null, got {choice!r}")
-    if len(set(map(repr, choices))) != len(choices):
-        raise SpecError(f"{path}.choices", f"has duplicates: {choices}")
+    # 16 and 16.0 are one value to a knob (a batch size of 16 either way): duplicates too.
+    same = {(float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else repr(c)) for c in choices}
+    if len(same) != len(choices):
+        raise SpecError(f"{path}.choices", f"has duplicates: {choices}; list each value once")
     return CategoricalParam(name, tuple(choices))
 
 

@@ -212,6 +212,7 @@ CASES: list[Case] = [
     Case("data.task unknown", "data.task", edit=put("data.task", "regresion")),
     Case("data.task a list", "data.task", edit=put("data.task", ["regression"])),
     Case("data.task missing", "data.task: is required", edit=drop("data.task")),
+    Case("choices 16 and 16.0", "space.batch_size.choices", edit=put("space.batch_size.choices", [16, 16.0])),
     Case("data.drop a number", "data.drop", edit=put("data.drop", 7)),
     Case("data.drop not a column", "data.drop", edit=put("data.drop", ["Nope"])),
     Case("data.val_fraction 0", "data.val_fraction", edit=put("data.val_fraction", 0)),
