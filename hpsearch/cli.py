@@ -25,12 +25,12 @@ from hpsearch import __version__
 from hpsearch.errors import (
     HpsearchError,
     RunAbortedError,
-    SpecError,
     StageFailedError,
     StorageUnavailableError,
     one_line,
 )
 from hpsearch.signals import on_stop_signals
+from hpsearch.values import spec_int
 
 EXIT_USAGE = 2
 EXIT_STAGE_FAILED = 1
@@ -281,21 +281,10 @@ def _best(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     return 0
 
 
-def _trial_number(text: str) -> int:
-    """``--trial``'s value: a trial number, or one line saying what is allowed."""
-    try:
-        number = int(text)
-    except ValueError:
-        raise SpecError("--trial", f"must be a trial number such as 12, got {text!r}") from None
-    if number < 0:
-        raise SpecError("--trial", f"must be >= 0, got {number}")
-    return number
-
-
 def _predict(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from hpsearch import predict
 
-    trial = None if args.trial is None else _trial_number(args.trial)
+    trial = None if args.trial is None else spec_int(args.trial, "--trial", minimum=0)
     spec = _load(args)
     kept, rows = predict.predict_file(spec, _checked_storage(spec), args.input, args.out, trial=trial,
                                       stage=args.stage)

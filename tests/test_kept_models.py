@@ -156,7 +156,7 @@ def test_predict_bad_arguments_get_one_line(workdir: Path) -> None:
         ("--input", "val.csv", "--out", "p.json"): "--out p.json: unknown file type '.json'",
         ("--input", "val.csv", "--out", "missing/p.csv"): "the directory missing does not exist",
         ("--input", "val.csv", "--out", "p.csv", "--trial", "99"): "trial 99 has no kept model",
-        ("--input", "val.csv", "--out", "p.csv", "--trial", "abc"): "--trial: must be a trial number such as 12",
+        ("--input", "val.csv", "--out", "p.csv", "--trial", "abc"): "--trial: must be a number, got 'abc'",
         ("--input", "val.csv", "--out", "p.csv", "--trial", "-1"): "--trial: must be >= 0, got -1",
         ("--input", "val.csv", "--out", "p.csv", "--stage", "fine"): "--stage fine: no such stage",
     }

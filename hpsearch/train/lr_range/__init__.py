@@ -80,15 +80,15 @@ def range_tests(configs: Sequence[TrainConfig], data: Dataset, settings: RangeSe
     """
     from hpsearch.train.lr_range import _sweep
 
+    keys = [_sweep.mixable(config) if fuse else None for config in configs]  # None: trains alone
     packs: dict[object, list[int]] = {}
-    for i, config in enumerate(configs):
-        key = _sweep.mixable(config) if fuse else None
+    for i, key in enumerate(keys):
         packs.setdefault(("alone", i) if key is None else key, []).append(i)
     results: dict[int, RangeResult] = {}
     for index in packs.values():
         start = time.perf_counter()
         members = [(configs[i], configs[i].seed + r) for i in index for r in range(settings.repeats)]
-        fused = len(members) > 1 and _sweep.mixable(configs[index[0]]) is not None and fuse
+        fused = len(members) > 1 and keys[index[0]] is not None
         runs = (_sweep.sweep_fused(members, data, settings) if fused
                 else [_sweep.sweep(config, data, settings, seed) for config, seed in members])
         duration = time.perf_counter() - start

@@ -158,13 +158,12 @@ class _KindsOptimizer:
     parameter), stepped by a :class:`StackedOptimizer` of that kind over views of those rows."""
 
     def __init__(self, params: Sequence[torch.Tensor], configs: Sequence[OptimizerConfig]) -> None:
-        self.configs = list(configs)
         self.parts: list[tuple[int, int, StackedOptimizer]] = []
         start = 0
         for _, rows in itertools.groupby(range(len(configs)), key=lambda m: configs[m].name):
             end = start + len(list(rows))
             self.parts.append((start, end, StackedOptimizer([p.detach()[start:end] for p in params],
-                                                            self.configs[start:end])))
+                                                            configs[start:end])))
             start = end
         self.params = list(params)
 
