@@ -40,6 +40,10 @@ by seed; trials run, pruned and failed. Nothing is asserted.
 
 Usage: python scripts/bench_search.py [--seeds 10] [--only bowl,trap,cars93,digits] [--fuse K]
                                       [--strategies random,tpe,tpe-hb,c2f,recipe] [--trials N] [--epochs E]
+                                      [--threads T] [--save runs.jsonl]
+       python scripts/bench_search.py --combine runs.jsonl [more.jsonl ...]
+--save appends each run to a file as it ends; --combine reports saved runs together (the seeds every strategy
+ran), so seeds can be split over processes (--first-seed, --threads 1) and a long benchmark stopped part way.
 Defaults per problem (trials x epochs): bowl and trap 40 x 40, cars93 24 x 40 (patience 8), digits 16 x 15
 (patience 4). The analytic problems take about 2 minutes on 2 CPU cores; the trained ones about 10 minutes
 a seed and strategy at the defaults on a busy machine (cars93's 5 folds train one after another unless
@@ -53,6 +57,7 @@ from collections.abc import Callable, Mapping, Sequence
 import copy
 import dataclasses
 import datetime
+import json
 import math
 import os
 from pathlib import Path
@@ -70,6 +75,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch import __version__ as hpsearch_version
 from hpsearch.errors import StageFailedError
 from hpsearch.executors import Executor, TrialHandler, TrialJob, make_executor
+from hpsearch.executors.local import LocalExecutor
 from hpsearch.spec import StudySpec, parse_spec
 from hpsearch.stages import run_study
 from hpsearch.storage import open_storage
@@ -334,7 +340,13 @@ def run_one(problem: Problem, strategy: str, seed: int, args: argparse.Namespace
     stop = threading.Event()
     with tempfile.TemporaryDirectory() as tmp:
         storage = open_storage(f"sqlite:///{tmp}/search.db")
-        inner = FunctionExecutor(problem.fn) if problem.fn is not None else make_executor(spec.executor)
+        inner: Executor
+        if problem.fn is not None:
+            inner = FunctionExecutor(problem.fn)
+        elif args.threads:  # e.g. two benchmark processes side by side, one core each
+            inner = LocalExecutor(workers=1, threads_per_worker=args.threads, fuse=args.fuse)
+        else:
+            inner = make_executor(spec.executor)
         start = time.perf_counter()
         try:
             run_study(spec, storage, stop=stop, executor=BudgetExecutor(inner, budget, problem.folds, stop))
@@ -363,6 +375,41 @@ def run_one(problem: Problem, strategy: str, seed: int, args: argparse.Namespace
         failed += t.state is TrialState.FAIL
         trace.append((spent, float(t.value) if t.state is TrialState.COMPLETE else math.nan))  # type: ignore[arg-type]
     return Run(seed, trace, counted, pruned, failed, stages, wall)
+
+
+def save_run(path: Path, problem: Problem, strategy: str, run: Run, args: argparse.Namespace) -> None:
+    """Appends ``run`` to ``path`` as one JSON line, so that runs made apart (seeds split over processes, or a
+    long benchmark stopped part way) can be reported together with --combine."""
+    row = {"problem": problem.name, "strategy": strategy, "scale_trials": args.trials or problem.trials,
+           "scale_epochs": args.epochs or problem.epochs, "fuse": args.fuse, **dataclasses.asdict(run)}
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def load_runs(paths: Sequence[Path]) -> dict[tuple[str, int, int], dict[str, dict[int, Run]]]:
+    """Saved runs by (problem, trials, epochs), then strategy, then seed (a seed saved twice: the last wins)."""
+    found: dict[tuple[str, int, int], dict[str, dict[int, Run]]] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            run = Run(seed=row["seed"], trace=[(int(a), float(b)) for a, b in row["trace"]], trials=row["trials"],
+                      pruned=row["pruned"], failed=row["failed"], stages=[(str(a), int(b)) for a, b in row["stages"]],
+                      wall_s=row["wall_s"])
+            found.setdefault((row["problem"], row["scale_trials"], row["scale_epochs"]), {}).setdefault(
+                row["strategy"], {})[run.seed] = run
+    return found
+
+
+def combine(paths: Sequence[Path]) -> None:
+    """Reports saved runs: for each problem and scale, the seeds that every strategy ran."""
+    for (name, trials, epochs), by_strategy in load_runs(paths).items():
+        seeds = sorted(set.intersection(*(set(runs) for runs in by_strategy.values())))
+        if not seeds:
+            print(f"\n== {name} ({trials} x {epochs}): no seed ran every strategy ==")
+            continue
+        order = [s for s in STRATEGIES if s in by_strategy]
+        results = {s: [by_strategy[s][seed] for seed in seeds] for s in order}
+        report(PROBLEMS[name], results, argparse.Namespace(trials=trials, epochs=epochs))
 
 
 def quartiles(xs: Sequence[float]) -> tuple[float, float, float]:
@@ -436,7 +483,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=0, help="epochs of a full-length trial (default: the problem's)")
     parser.add_argument("--fuse", type=int, default=1, help="executor.fuse of the trained problems: trials asked "
                         "and trained at once as one pack, a k-fold trial's folds as members (default 1)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of the trained problems' worker "
+                        "(default: the CPUs; 1 to run two benchmark processes side by side)")
+    parser.add_argument("--save", type=Path, help="append each run to this file as a JSON line")
+    parser.add_argument("--combine", type=Path, nargs="+", help="report the runs saved in these files and exit")
     args = parser.parse_args()
+    if args.combine:
+        combine(args.combine)
+        return
     problems = [p.strip() for p in args.only.split(",") if p.strip()]
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     for chosen, allowed in ((problems, PROBLEMS), (strategies, STRATEGIES)):
@@ -461,6 +515,8 @@ def main() -> None:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for strategy in strategies:
                 results[strategy].append(run := run_one(problem, strategy, seed, args))
+                if args.save is not None:
+                    save_run(args.save, problem, strategy, run, args)
                 print(f"  [{name} seed {seed} {strategy}: best {run.best(problem):.4g}, {run.trials} trials, "
                       f"{run.wall_s:.0f} s]", file=sys.stderr, flush=True)
         report(problem, results, args)
