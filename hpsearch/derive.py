@@ -65,21 +65,69 @@ def ranked_trials(study: optuna.Study) -> list[Ranked]:
 
 
 def _ranked_rows(engine: sa.Engine, study_id: int) -> list[Ranked]:
-    t, v, p = (m.__table__ for m in (models.TrialModel, models.TrialValueModel, models.TrialParamModel))
+    t, v = models.TrialModel.__table__, models.TrialValueModel.__table__
     complete = sa.and_(t.c.study_id == study_id, t.c.state == TrialState.COMPLETE)
     values = sa.select(t.c.trial_id, t.c.number, v.c.value, v.c.value_type).join(v, v.c.trial_id == t.c.trial_id).where(
         complete, v.c.objective == 0)
-    params = sa.select(p.c.trial_id, p.c.param_name, p.c.param_value, p.c.distribution_json).join(
-        t, t.c.trial_id == p.c.trial_id).where(complete).order_by(p.c.param_id)
     with engine.connect() as conn:
-        found: dict[int, tuple[int, float, dict[str, Any]]] = {
-            i: (n, models.TrialValueModel.stored_repr_to_value(x, k), {}) for i, n, x, k in conn.execute(values)}
-        dists: dict[str, optuna.distributions.BaseDistribution] = {}
-        for trial_id, name, value, dist in conn.execute(params):
-            if trial_id in found:
-                d = dists.get(dist) or dists.setdefault(dist, optuna.distributions.json_to_distribution(dist))
-                found[trial_id][2][name] = d.to_external_repr(value)
-    return [Ranked(n, x, ps) for n, x, ps in found.values()]
+        found = {i: (n, models.TrialValueModel.stored_repr_to_value(x, k)) for i, n, x, k in conn.execute(values)}
+        params = _params(conn, complete, set(found))
+    return [Ranked(n, x, params.get(i, {})) for i, (n, x) in found.items()]
+
+
+def _params(conn: sa.Connection, where: sa.ColumnElement[bool], trial_ids: set[int]) -> dict[int, dict[str, Any]]:
+    """The parameters of the trials ``where`` selects, in their external form, by trial id."""
+    t, p = models.TrialModel.__table__, models.TrialParamModel.__table__
+    rows = sa.select(p.c.trial_id, p.c.param_name, p.c.param_value, p.c.distribution_json).join(
+        t, t.c.trial_id == p.c.trial_id).where(where).order_by(p.c.param_id)
+    found: dict[int, dict[str, Any]] = {}
+    dists: dict[str, optuna.distributions.BaseDistribution] = {}
+    for trial_id, name, value, dist in conn.execute(rows):
+        if trial_id in trial_ids:
+            d = dists.get(dist) or dists.setdefault(dist, optuna.distributions.json_to_distribution(dist))
+            found.setdefault(trial_id, {})[name] = d.to_external_repr(value)
+    return found
+
+
+def pruned_ranked(study: optuna.Study) -> list[Ranked]:
+    """The pruned trials of ``study``, furthest trained first, then by the value they last reported (ties:
+    earlier first); each carries that last value. A pruner's survivors (the trials Hyperband or successive
+    halving promoted to a later rung) so rank above the trials it stopped at the first rung. This is what
+    ranks after the complete trials when pruning left too few of them to narrow from.
+    """
+    storage = study._storage
+    rows = storage.call_with_retries("rank the pruned trials", _pruned_rows, storage.engine,  # type: ignore[attr-defined]
+                                     study._study_id)
+    sign = -1.0 if study.direction is optuna.study.StudyDirection.MAXIMIZE else 1.0
+    # A curve that ended on nan or inf (a diverged epoch) ranks last among trials trained as far.
+    return [r for _, r in sorted(rows, key=lambda sr: (-sr[0], not math.isfinite(sr[1].value),
+                                                         sign * sr[1].value if math.isfinite(sr[1].value) else 0.0,
+                                                         sr[1].number))]
+
+
+def ranked_for_narrowing(study: optuna.Study, needs: int) -> tuple[list[Ranked], int]:
+    """The trials of ``study`` to narrow from, best first, and how many of them are complete: the complete
+    ones, followed by the pruned ones (:func:`pruned_ranked`) where there are fewer than ``needs`` complete."""
+    ranked = ranked_trials(study)
+    complete = len(ranked)
+    if complete < needs:  # pruning took too many: its furthest-trained trials rank after the complete ones
+        ranked += pruned_ranked(study)
+    return ranked, complete
+
+
+def _pruned_rows(engine: sa.Engine, study_id: int) -> list[tuple[int, Ranked]]:
+    t, iv = models.TrialModel.__table__, models.TrialIntermediateValueModel.__table__
+    pruned = sa.and_(t.c.study_id == study_id, t.c.state == TrialState.PRUNED)
+    values = sa.select(t.c.trial_id, t.c.number, iv.c.step, iv.c.intermediate_value, iv.c.intermediate_value_type).join(
+        iv, iv.c.trial_id == t.c.trial_id).where(pruned)
+    last: dict[int, tuple[int, int, float]] = {}  # trial id -> (number, step, value) at its last step
+    with engine.connect() as conn:
+        for trial_id, number, step, x, kind in conn.execute(values):
+            if trial_id not in last or step > last[trial_id][1]:
+                last[trial_id] = (number, step, models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
+                    x, kind))
+        params = _params(conn, pruned, set(last))
+    return [(step, Ranked(number, x, params.get(i, {}))) for i, (number, step, x) in last.items()]
 
 
 def stage_space(spec: StudySpec, index: int, storage: optuna.storages.BaseStorage, study: optuna.Study) -> Space:
@@ -105,8 +153,8 @@ def stage_space(spec: StudySpec, index: int, storage: optuna.storages.BaseStorag
     if stage.derived or stage.warm_start:
         previous = spec.stages[source_index(spec, index, storage)]
         before_study = optuna.load_study(study_name=spec.study_name(previous), storage=storage)
-        ranked = ranked_trials(before_study)
         needs = stage.narrow.needs() if stage.narrow else 1
+        ranked, complete = ranked_for_narrowing(before_study, needs)
         if len(ranked) < needs:
             counts = Counter({state: storage.get_n_trials(before_study._study_id, state) for state in TrialState})
             raise StageFailedError(_too_few(spec, index, counts, needs, previous))
@@ -115,7 +163,8 @@ def stage_space(spec: StudySpec, index: int, storage: optuna.storages.BaseStorag
             space = narrow_space(base, [t.params for t in ranked], stage.narrow.top if stage.narrow else 1,
                                  margin=stage.narrow.margin if stage.narrow else None,
                                  keep_min=stage.narrow.keep_min if stage.narrow else 1, freeze=stage.freeze)
-            study.set_user_attr(ATTR_DERIVED, {"stage": previous.name, "complete": len(ranked), "top": top,
+            study.set_user_attr(ATTR_DERIVED, {"stage": previous.name, "complete": complete, "top": top,
+                                               "pruned": len(ranked) - complete,
                                                "trials": [t.number for t in ranked[:top]]})
         study.set_user_attr(ATTR_WARM_STARTS, warm_starts(previous, ranked, space, min(stage.warm_start, stage.trials)))
     study.set_user_attr(ATTR_SPACE_AS_WRITTEN, written)
@@ -127,8 +176,8 @@ def _too_few(spec: StudySpec, index: int, counts: Counter[TrialState], needs: in
     stage = spec.stages[index]
     what = f"narrow.top {stage.narrow.top}" if stage.narrow else "freeze and warm_start"
     return (f"stage {stage.name} cannot derive its space: stage {previous.name} has {counts[TrialState.COMPLETE]} "
-            f"complete trial(s) ({counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed) and {what} "
-            f"needs at least {needs}; raise stages.{_written_index(spec, previous)}.trials or loosen "
+            f"complete and {counts[TrialState.PRUNED]} pruned trial(s) ({counts[TrialState.FAIL]} failed) and {what} "
+            f"needs at least {needs} to rank; raise stages.{_written_index(spec, previous)}.trials or loosen "
             f"stages.{_written_index(spec, stage)}")
 
 
@@ -238,10 +287,10 @@ def round_verdict(spec: StudySpec, index: int, storage: optuna.storages.BaseStor
                     f"repeat.min_improvement {stage.repeat.min_improvement:.2%}")
     study = optuna.load_study(study_name=spec.study_name(previous), storage=storage)
     searched = parse_space(study.user_attrs.get(ATTR_SPACE, space_to_raw(spec.space)))
-    ranked = ranked_trials(study)
-    if len(ranked) < stage.narrow.needs():  # pruning took most of them: iterating is optional, so end here
-        return (f"{CONVERGED}: round {previous.name} has {len(ranked)} complete trial(s), too few to narrow "
-                f"again (narrow.top {stage.narrow.top:g} needs {stage.narrow.needs()})")
+    ranked, _ = ranked_for_narrowing(study, stage.narrow.needs())
+    if len(ranked) < stage.narrow.needs():  # failures took most of them: iterating is optional, so end here
+        return (f"{CONVERGED}: round {previous.name} has {len(ranked)} complete or pruned trial(s), too few to "
+                f"narrow again (narrow.top {stage.narrow.top:g} needs {stage.narrow.needs()})")
     narrowed = narrow_space(spec.space, [t.params for t in ranked], stage.narrow.top, margin=stage.narrow.margin,
                             keep_min=stage.narrow.keep_min, freeze=stage.freeze)
     if not _shrinks(searched, narrowed):

@@ -31,8 +31,10 @@ class ProgressListener(RunListener):
         derived = study.user_attrs.get(ATTR_DERIVED)
         if derived and ATTR_SPACE in study.user_attrs:
             changes = space_changes(spec.space, study.user_attrs[ATTR_SPACE])
-            self._stream.write(f"{study.study_name}: space from the best {derived['top']} of {derived['complete']} "
-                               f"complete trials of {derived['stage']}: {'; '.join(changes) or 'unchanged'}\n")
+            pruned = derived.get("pruned", 0)  # absent on stages derived before pruned trials could rank
+            ranked = f"{derived['complete']} complete" + (f" and {pruned} pruned (too few complete)" if pruned else "")
+            self._stream.write(f"{study.study_name}: space from the best {derived['top']} of {ranked} "
+                               f"trials of {derived['stage']}: {'; '.join(changes) or 'unchanged'}\n")
         if self._live:
             self._bar = tqdm(total=stage.trials, initial=min(done, stage.trials), desc=study.study_name,
                              file=self._stream, unit="trial", dynamic_ncols=True)

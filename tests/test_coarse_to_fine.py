@@ -10,7 +10,9 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+import pytest
 
+from hpsearch.derive import pruned_ranked, ranked_for_narrowing
 from hpsearch.narrow import contains
 from hpsearch.space import parse_space
 from hpsearch.spec import load_spec
@@ -84,17 +86,58 @@ def test_a_derived_space_is_computed_once_and_read_back(workdir: Path) -> None:
     assert _finished("fine") == 6 and all(contains(parse_space(stored), t.params) for t in fine.trials)
 
 
-def test_a_stage_with_nothing_to_narrow_from_stops_with_a_clear_message(workdir: Path) -> None:
-    study = _two_stages()
+def test_a_stage_with_too_few_trials_to_narrow_from_stops_with_a_clear_message(workdir: Path) -> None:
+    study = _two_stages({"narrow": {"top": 10}})
     study["stages"][0]["pruner"] = {"kind": "threshold", "upper": 1e-9}  # every coarse trial is pruned
     path = write_study(workdir, study)
     code, out, err = cli("run", str(path))
     assert code == 1
     errors = [line for line in err.splitlines() if line.startswith("hpsearch: error")]
     assert len(errors) == 1 and err.endswith(errors[0] + "\n") and "Traceback" not in err, err
-    assert errors[0] == ("hpsearch: error: stage fine cannot derive its space: stage coarse has 0 complete trial(s) "
-                         "(8 pruned, 0 failed) and narrow.top 0.5 needs at least 2; raise stages.0.trials or loosen stages.1")
+    assert errors[0] == ("hpsearch: error: stage fine cannot derive its space: stage coarse has 0 complete and 8 "
+                         "pruned trial(s) (0 failed) and narrow.top 10 needs at least 10 to rank; raise stages.0.trials "
+                         "or loosen stages.1")
     assert _finished("coarse") == 8 and not _study("fine").trials
+
+
+def test_when_pruning_leaves_too_few_complete_trials_the_pruned_ones_rank_after_them(workdir: Path) -> None:
+    # A first-epoch threshold prunes every coarse trial: the fine stage narrows on how far they got and what
+    # they last reported, rather than stopping the run.
+    study = _two_stages()
+    study["stages"][0]["pruner"] = {"kind": "threshold", "upper": 1e-9}
+    path = write_study(workdir, study)
+    code, out, err = cli("run", str(path))
+    assert code == 0, err
+    coarse, fine = _study("coarse"), _study("fine")
+    assert all(t.state is TrialState.PRUNED for t in coarse.trials) and _finished("fine") == 4
+    derived = fine.user_attrs[ATTR_DERIVED]
+    assert derived["complete"] == 0 and derived["pruned"] == 8 and derived["top"] == 4
+    by_last = sorted(coarse.trials, key=lambda t: (-max(t.intermediate_values), t.intermediate_values[
+        max(t.intermediate_values)], t.number))
+    assert derived["trials"] == [t.number for t in by_last[:4]]
+    assert "space from the best 4 of 0 complete and 8 pruned (too few complete) trials of coarse" in err
+    space = parse_space(fine.user_attrs[ATTR_SPACE])
+    assert all(contains(space, t.params) for t in fine.trials)
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_pruned_trials_rank_furthest_trained_first_then_by_their_last_value(workdir: Path, direction: str) -> None:
+    study = optuna.create_study(study_name="s", storage=open_storage(STORAGE), direction=direction)
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    curves = {0: {1: 5.0}, 1: {1: 9.0, 3: 2.0}, 2: {1: 1.0}, 3: {1: 4.0, 3: 3.0, 9: 8.0}, 4: {1: 2.0, 3: float("nan")},
+              5: {1: 5.0}}
+    for number, curve in curves.items():
+        study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={"lr": 1e-3 * (number + 1)},
+                                                  distributions={"lr": lr}, intermediate_values=curve))
+    study.add_trial(optuna.trial.create_trial(value=0.5, params={"lr": 0.05}, distributions={"lr": lr}))
+    ranked = pruned_ranked(study)
+    # Trial 3 reached epoch 9 (a rung's survivor), then the epoch-3 ones (nan last), then the epoch-1 ones.
+    third = [2, 0, 5] if direction == "minimize" else [0, 5, 2]
+    assert [r.number for r in ranked] == [3, 1, 4, *third]
+    assert ranked[0].value == 8.0 and ranked[0].params == {"lr": 1e-3 * 4}
+    both, complete = ranked_for_narrowing(study, needs=4)
+    assert complete == 1 and [r.number for r in both] == [6, 3, 1, 4, *third]
+    assert ranked_for_narrowing(study, needs=1) == ([both[0]], 1)  # enough complete: pruned ones stay out
 
 
 def test_killed_mid_stage_every_stage_ends_with_exactly_its_budget(workdir: Path) -> None:
