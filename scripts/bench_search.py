@@ -21,6 +21,7 @@ Strategies:
            narrowing shrinks the space); then a last TPE stage narrowed to the last round's best 3, for what is left
   recipe-p the same with a full-length coarse stage whose bad trials the median pruner stops, so its
            trials count as the fine stages' history (prior_trials: same)
+  recipe-hb the recipe with tpe-hb's Hyperband pruner in its fine stages in place of the median pruner
 Problems:
   bowl     analytic, smooth and unimodal over the MLP knobs: optimum 0 at lr 10^-2.5, weight_decay 1e-4,
            dropout 0.2, optimizer momentum with momentum 0.9, batch_size 32
@@ -83,7 +84,7 @@ from hpsearch.train import TrainResult
 from hpsearch.train.result import StopReason
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ("random", "tpe", "tpe-hb", "c2f", "c2f-hb", "recipe", "recipe-p")
+STRATEGIES = ("random", "tpe", "tpe-hb", "c2f", "c2f-hb", "recipe", "recipe-p", "recipe-hb")
 NARROW = {"top": 0.25, "margin": 0.1}
 
 ANALYTIC_SPACE: dict[str, Any] = {
@@ -185,14 +186,16 @@ def stages_of(strategy: str, trials: int, epochs: int) -> tuple[list[dict[str, A
                  {"name": "fine", "sampler": "tpe", "trials": cap, "narrow": dict(NARROW), "warm_start": 3}],
                 {"kind": "median", "startup_trials": 5, "warmup_epochs": 5} if strategy == "c2f"
                 else {"kind": "hyperband", "min_resource": 1, "reduction_factor": 3})
-    if strategy in ("recipe", "recipe-p"):
+    if strategy in ("recipe", "recipe-p", "recipe-hb"):
         # The coarse stage: `recipe` trains every trial for an eighth of the epochs; `recipe-p` trains full
-        # length and lets the median pruner stop the bad ones (so its trials also serve as TPE's history).
-        pruner = {"kind": "median", "startup_trials": 5, "warmup_epochs": short}
+        # length and lets the median pruner stop the bad ones (so its trials also serve as TPE's history);
+        # `recipe-hb` is `recipe` with tpe-hb's Hyperband pruner in the fine stages.
+        pruner = ({"kind": "hyperband", "min_resource": 1, "reduction_factor": 3} if strategy == "recipe-hb"
+                  else {"kind": "median", "startup_trials": 5, "warmup_epochs": short})
         fine = {"sampler": "tpe", "narrow": dict(NARROW), "pruner": pruner,
-                "prior_trials": "all" if strategy == "recipe" else "same"}
+                "prior_trials": "same" if strategy == "recipe-p" else "all"}
         coarse: dict[str, Any] = {"name": "coarse", "sampler": "qmc", "trials": trials}
-        coarse.update({"train": {"epochs": short}} if strategy == "recipe" else {"pruner": pruner})
+        coarse.update({"pruner": pruner} if strategy == "recipe-p" else {"train": {"epochs": short}})
         return [coarse, {"name": "fine", "trials": max(12, trials // 4), "repeat": {"max": 20, "min_improvement": 0.0},
                          **fine},
                 {"name": "rest", "trials": cap, **fine, "narrow": {"top": 3, "margin": 0.1}}], None
