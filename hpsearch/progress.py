@@ -24,9 +24,12 @@ class ProgressListener(RunListener):
         self._bar: tqdm | None = None
         self._budget = 0
         self._label = ""
+        self._skipped: str | None = None  # the stage just said skipped: its start line would say "0/N trials done"
 
     def on_stage_start(self, spec: StudySpec, stage: StageSpec, study: optuna.Study, done: int) -> None:
         self._budget, self._label = stage.trials, study.study_name
+        if self._skipped == stage.name:
+            return
         best = best_trial(study)
         derived = study.user_attrs.get(ATTR_DERIVED)
         if derived and ATTR_SPACE in study.user_attrs:
@@ -58,6 +61,7 @@ class ProgressListener(RunListener):
         self._stream.flush()
 
     def on_stage_skipped(self, stage: StageSpec, reason: str) -> None:
+        self._skipped = stage.name
         self._stream.write(f"stage {stage.name}: skipped, {reason}\n")
         self._stream.flush()
 
