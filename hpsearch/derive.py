@@ -229,23 +229,25 @@ CONVERGED = "converged"  # the reason of a round that did not run (ATTR_ENDED), 
 
 def source_index(spec: StudySpec, index: int, storage: optuna.storages.BaseStorage) -> int:
     """The stage stage ``index`` derives from: the one before it, passing over the rounds of a repeated
-    stage that did not run (an earlier round converged) or that pruning left too few complete trials
-    to narrow from (the round after it converged for that)."""
+    stage that did not run (an earlier round converged) or that has too few complete and pruned trials
+    to narrow from (the round after it converged for that: its trials failed)."""
     stage = spec.stages[index]
     needs = stage.narrow.needs() if stage.narrow else 1
     i = index - 1
     while i > 0 and spec.stages[i].round > 1 and (
             _ended_reason(spec, spec.stages[i], storage).startswith(CONVERGED)
-            or _complete(spec, spec.stages[i], storage) < needs):
+            or _rankable(spec, spec.stages[i], storage) < needs):
         i -= 1
     return i
 
 
-def _complete(spec: StudySpec, stage: StageSpec, storage: optuna.storages.BaseStorage) -> int:
+def _rankable(spec: StudySpec, stage: StageSpec, storage: optuna.storages.BaseStorage) -> int:
+    """The complete and pruned trials of ``stage``: what :func:`ranked_for_narrowing` can rank at most."""
     try:
-        return storage.get_n_trials(storage.get_study_id_from_name(spec.study_name(stage)), TrialState.COMPLETE)
+        study_id = storage.get_study_id_from_name(spec.study_name(stage))
     except KeyError:
         return 0
+    return sum(storage.get_n_trials(study_id, state) for state in (TrialState.COMPLETE, TrialState.PRUNED))
 
 
 def _ended_reason(spec: StudySpec, stage: StageSpec, storage: optuna.storages.BaseStorage) -> str:
@@ -279,8 +281,10 @@ def round_verdict(spec: StudySpec, index: int, storage: optuna.storages.BaseStor
     if _ended_reason(spec, previous, storage).startswith(CONVERGED):
         return f"{CONVERGED}: an earlier round of {previous.name.split('.')[0]} converged"
     latest = _best_value(spec, [previous], storage)
+    if latest is None:  # every trial of it was pruned or failed
+        return f"{CONVERGED}: round {previous.name} has no complete trial, so it improved nothing"
     earlier = _best_value(spec, spec.stages[: index - 1], storage)
-    if latest is not None and earlier is not None and earlier != 0:
+    if earlier is not None and earlier != 0:
         gain = (latest - earlier if spec.maximize else earlier - latest) / abs(earlier)
         if gain < stage.repeat.min_improvement:
             return (f"{CONVERGED}: round {previous.name} improved the best by {gain:.2%}, less than "

@@ -352,6 +352,22 @@ def test_rounds_stop_when_they_no_longer_improve_enough(workdir: Path) -> None:
     assert code == 0 and "fine.2" in out and "fine.3" in out
 
 
+def test_a_round_whose_trials_were_all_pruned_ends_the_rounds(workdir: Path) -> None:
+    # Its trials could rank for narrowing (pruned ones rank when complete ones are too few), but it
+    # improved nothing, so the rounds stop; the stage after them narrows from its pruned trials.
+    study = _two_stages({"repeat": {"max": 2, "min_improvement": 0.0}, "warm_start": 0, "trials": 3,
+                         "pruner": {"kind": "threshold", "upper": 1e-9}})
+    study["stages"].append({"name": "last", "sampler": "random", "trials": 2, "narrow": {"top": 1}})
+    path = write_study(workdir, study)
+    code, out, err = cli("run", str(path))
+    assert code == 0, err
+    assert all(t.state is TrialState.PRUNED for t in _study("fine").trials) and _finished("fine") == 3
+    assert _study("fine.2").user_attrs["ended"]["reason"] == "converged: round fine has no complete trial, so it improved nothing"
+    assert _finished("fine.2") == 0 and "stage fine.2: skipped, converged" in err
+    last = _study("last").user_attrs["derived_from"]
+    assert last["stage"] == "fine" and last["complete"] == 0 and last["pruned"] == 3
+
+
 def test_repeat_is_checked(workdir: Path) -> None:
     for repeat, message in [({"max": 0}, "stages.1.repeat.max: must be >= 1"),
                             ({"min_improvement": 0.1}, "stages.1.repeat.max: is required"),
