@@ -22,6 +22,7 @@ Strategies:
   recipe-p the same with a full-length coarse stage whose bad trials the median pruner stops, so its
            trials count as the fine stages' history (prior_trials: same)
   recipe-hb the recipe with tpe-hb's Hyperband pruner in its fine stages in place of the median pruner
+  recipe:N, recipe-p:N, recipe-hb:N  the same with a coarse stage of 1/N of the epochs instead of 1/8
 Problems:
   bowl     analytic, smooth and unimodal over the MLP knobs: optimum 0 at lr 10^-2.5, weight_decay 1e-4,
            dropout 0.2, optimizer momentum with momentum 0.9, batch_size 32
@@ -173,7 +174,8 @@ PROBLEMS: dict[str, Problem] = {
 def stages_of(strategy: str, trials: int, epochs: int) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The stages of ``strategy`` and the study's pruner. Trial counts are caps: the budget ends the run."""
     cap = 50 * trials
-    short = max(1, epochs // 8)
+    strategy, _, divisor = strategy.partition(":")  # recipe:4: the coarse stage trains a quarter of the epochs
+    short = max(1, epochs // int(divisor or 8))
     if strategy == "random":
         return [{"name": "main", "sampler": "random", "trials": cap}], None
     if strategy == "tpe":
@@ -204,7 +206,7 @@ def stages_of(strategy: str, trials: int, epochs: int) -> tuple[list[dict[str, A
 
 def study_dict(problem: Problem, strategy: str, seed: int, trials: int, epochs: int, fuse: int = 1) -> dict[str, Any]:
     stages, pruner = stages_of(strategy, trials, epochs)
-    raw: dict[str, Any] = {"name": f"{problem.name}-{strategy}-{seed}", "seed": seed, "metric": problem.metric,
+    raw: dict[str, Any] = {"name": f"{problem.name}-{strategy.replace(':', '.')}-{seed}", "seed": seed, "metric": problem.metric,
                            "direction": problem.direction, "stages": stages, "keep": "none",
                            "executor": {"kind": "local", "workers": 1, "fuse": fuse}}
     if pruner is not None:
@@ -410,7 +412,7 @@ def combine(paths: Sequence[Path]) -> None:
         if not seeds:
             print(f"\n== {name} ({trials} x {epochs}): no seed ran every strategy ==")
             continue
-        order = [s for s in STRATEGIES if s in by_strategy]
+        order = sorted(by_strategy, key=lambda s: (STRATEGIES.index(s.split(":")[0]), s))
         results = {s: [by_strategy[s][seed] for seed in seeds] for s in order}
         report(PROBLEMS[name], results, argparse.Namespace(trials=trials, epochs=epochs))
 
@@ -475,6 +477,14 @@ def report(problem: Problem, results: dict[str, list[Run]], args: argparse.Names
                   + (f" | ... ({len(shapes)} shapes)" if len(shapes) > 4 else ""))
 
 
+def _base(strategy: str) -> str:
+    """``recipe`` of ``recipe:4``; any other name as it is. The divisor must be a whole number from 1."""
+    if strategy.startswith("recipe") and ":" in strategy:
+        name, _, divisor = strategy.partition(":")
+        return name if divisor.isdigit() and int(divisor) >= 1 else strategy
+    return strategy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default 10)")
@@ -497,7 +507,7 @@ def main() -> None:
     problems = [p.strip() for p in args.only.split(",") if p.strip()]
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     for chosen, allowed in ((problems, PROBLEMS), (strategies, STRATEGIES)):
-        bad = [x for x in chosen if x not in allowed]
+        bad = [x for x in chosen if _base(x) not in allowed]
         if bad:
             parser.error(f"unknown {bad[0]!r}; choose from {', '.join(allowed)}")
     if args.trials and args.trials < 8:
