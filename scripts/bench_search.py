@@ -472,7 +472,8 @@ def report(problem: Problem, results: dict[str, list[Run]], args: argparse.Names
                 f"{n:g}" if math.isfinite(n := r.epochs_to_reach(problem, target[r.seed])) else "-" for r in runs))
     for strategy, runs in results.items():
         if len(runs[0].stages) > 1:
-            shapes = sorted({" > ".join(f"{n} {c}" for n, c in r.stages) for r in runs})
+            # Rounds that did not run (converged) are left out.
+            shapes = sorted({" > ".join(f"{n} {c}" for n, c in r.stages if c or "." not in n) for r in runs})
             print(f"{strategy} stages (trials started in each): " + " | ".join(shapes[:4])
                   + (f" | ... ({len(shapes)} shapes)" if len(shapes) > 4 else ""))
 
