@@ -48,7 +48,7 @@ Usage: python scripts/bench_search.py [--seeds 10] [--only bowl,trap,cars93,digi
 ran), so seeds can be split over processes (--first-seed, --threads 1) and a long benchmark stopped part way.
 Defaults per problem (trials x epochs): bowl and trap 40 x 40, cars93 24 x 40 (patience 8), digits 16 x 15
 (patience 4). The analytic problems take about 2 minutes on 2 CPU cores. At the defaults a trained run (one
-seed and strategy) took 20-70 s with cars93 at --fuse 2 (its 5 folds then train as members of one pack) and
+seed and strategy) took 17-90 s (35-40 s on average) with cars93 at --fuse 2 (its 5 folds then train as members of one pack) and
 digits beside it, each process with --threads 1: 42 and 48 minutes for 7 strategies x 10 seeds. Reduce
 --seeds, --trials and --epochs to fit.
 """
