@@ -131,6 +131,17 @@ class TrainedModel:
         self.save(buffer)
         return buffer.getvalue()
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # The weights are pickled as one bytes object. Across a worker's pipe, torch.multiprocessing
+        # would otherwise send each tensor as a shared-memory file descriptor, fetched by a socket
+        # round trip (about 0.5 ms a tensor: 7 s of the run process's 70 s on 2,048 fused trials).
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(dict(self.state), buffer)
+        return _unpickle, (self.model, self.inputs, buffer.getvalue(), self.encoding, self.target_mean,
+                           self.target_std, self.classes, dict(self.meta))
+
     @classmethod
     def load(cls, source: str | Path | IO[bytes]) -> TrainedModel:
         import torch
@@ -143,3 +154,10 @@ class TrainedModel:
         if not isinstance(raw, Mapping):
             raise DataError(f"not an hpsearch model file (it holds a {type(raw).__name__})")
         return cls.from_dict(raw)
+
+
+def _unpickle(model: Any, inputs: ModelInputs, state: bytes, *rest: Any) -> TrainedModel:
+    """A :class:`TrainedModel` as :meth:`TrainedModel.__reduce__` pickled it."""
+    import torch
+
+    return TrainedModel(model, inputs, torch.load(io.BytesIO(state), map_location="cpu", weights_only=True), *rest)

@@ -135,3 +135,24 @@ def test_a_saved_model_file_is_loaded_without_pickled_code(tmp_path: Path) -> No
     path.write_bytes(b"not a model")
     with pytest.raises(DataError, match="not an hpsearch model file"):
         TrainedModel.load(path)
+
+
+def test_a_kept_model_crosses_a_worker_pipe_as_bytes_not_shared_memory(cars: Dataset) -> None:
+    # What a local worker's pipe does with a result: torch.multiprocessing's pickler, which would send
+    # each tensor as a shared-memory file descriptor (a socket round trip each on the other side).
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  # registers torch's reductions with ForkingPickler
+
+    model = train(kept({"epochs": 2}), cars).model
+    assert model is not None
+    payload = bytes(ForkingPickler.dumps(model))
+    assert b"torch.multiprocessing.reductions" not in payload  # rebuild_storage_fd and its kin
+    again = pickle.loads(payload)
+    assert again.state.keys() == model.state.keys()
+    assert all(torch.equal(again.state[k], v) for k, v in model.state.items())
+    assert (again.model, again.inputs, again.encoding, again.classes) == (model.model, model.inputs, model.encoding,
+                                                                          model.classes)
+    rows = torch.from_numpy(model.encoding.transform(cars_val_rows()))  # type: ignore[union-attr]
+    assert torch.equal(again.predict(rows), model.predict(rows))
