@@ -140,8 +140,8 @@ def test_a_saved_model_file_is_loaded_without_pickled_code(tmp_path: Path) -> No
 def test_a_kept_model_crosses_a_worker_pipe_as_bytes_not_shared_memory(cars: Dataset) -> None:
     # What a local worker's pipe does with a result: torch.multiprocessing's pickler, which would send
     # each tensor as a shared-memory file descriptor (a socket round trip each on the other side).
-    import pickle
     from multiprocessing.reduction import ForkingPickler
+    import pickle
 
     import torch.multiprocessing  # noqa: F401  # registers torch's reductions with ForkingPickler
 
